@@ -1,0 +1,1 @@
+"""The configuration: frozen values (``schema``) and the YAML loader (``load``)."""

@@ -1,0 +1,117 @@
+"""Every metric of the contract, built once on a private ``CollectorRegistry``.
+
+A fresh registry per ``Metrics`` keeps tests independent and avoids prometheus_client's
+"Duplicated timeseries" error when two instances live in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Seconds; a pass spans sub-second no-ops to hour-long cold copies.
+_DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Holds the contract's metrics. Label values are bounded: never digests or tags."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.images_synced = Counter(
+            "syncd_images_synced_total",
+            "Images copied to a target",
+            ["rule", "target"],
+            registry=r,
+        )
+        self.image_failures = Counter(
+            "syncd_image_failures_total",
+            "Images that failed to sync",
+            ["rule", "target", "reason"],
+            registry=r,
+        )
+        self.manifest_pushes = Counter(
+            "syncd_manifest_pushes_total", "Manifest PUTs", ["target", "repository"], registry=r
+        )
+        self.blobs_copied = Counter(
+            "syncd_blobs_copied_total", "Blob uploads completed", ["target"], registry=r
+        )
+        self.blobs_skipped = Counter(
+            "syncd_blobs_skipped_total",
+            "Blobs already present at the target",
+            ["target"],
+            registry=r,
+        )
+        self.blobs_mounted = Counter(
+            "syncd_blobs_mounted_total",
+            "Blobs mounted from another repository",
+            ["target"],
+            registry=r,
+        )
+        self.blob_bytes_copied = Counter(
+            "syncd_blob_bytes_copied_total", "Blob bytes uploaded", ["target"], registry=r
+        )
+        self.sync_duration = Histogram(
+            "syncd_sync_duration_seconds",
+            "Duration of one pass of a rule",
+            ["rule"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "syncd_last_success_timestamp_seconds",
+            "End of the last pass of a rule without failures",
+            ["rule"],
+            registry=r,
+        )
+        self.registry_requests = Counter(
+            "syncd_registry_requests_total",
+            "HTTP requests to registries",
+            ["registry", "method", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "syncd_registry_request_duration_seconds",
+            "Latency of registry requests",
+            ["registry", "method"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "syncd_retries_total",
+            "Requests retried after a transient failure",
+            ["registry"],
+            registry=r,
+        )
+        self.target_bytes = Gauge(
+            "syncd_target_bytes",
+            "Unique blob bytes of the images kept at a target repository",
+            ["target", "repository"],
+            registry=r,
+        )
+        self.referrers_copied = Counter(
+            "syncd_referrers_copied_total", "Referrer artifacts copied", ["target"], registry=r
+        )
+        self.config_reloads = Counter(
+            "syncd_config_reloads_total", "Config reloads by result", ["result"], registry=r
+        )
+        self.last_pass_failures = Gauge(
+            "syncd_rule_last_pass_failures",
+            "Images that failed in the last pass of a rule",
+            ["rule"],
+            registry=r,
+        )
+        self.rule_interval = Gauge(
+            "syncd_rule_interval_seconds",
+            "Configured interval of a rule (for staleness alerts)",
+            ["rule"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result=result)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
