@@ -1,0 +1,377 @@
+"""``RegistryClient``: one method per distribution-spec endpoint, nothing else.
+
+Methods are noun_verb (``blob_head``, ``manifest_put``). Absence is a value (``None``),
+failure is an exception. Deciding what to copy belongs to the copy engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from syncd.digest import digest_of
+from syncd.errors import DigestMismatchError, ServerError
+from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from syncd.registry.auth import repository_scope
+from syncd.registry.transport import BodyFactory, Request, Response, Transport, redact_url
+
+# 1 MiB keeps per-chunk Python overhead (hashing, queueing) small against the bytes moved
+# while bounding memory per stream.
+CHUNK_SIZE = 1024 * 1024
+_PAGE_SIZE = 1000
+# A registry that keeps handing out `next` links must not hold us forever.
+_MAX_PAGES = 10_000
+_LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    """What a manifest HEAD tells: enough to decide whether a copy is needed."""
+
+    digest: str
+    media_type: str
+    size: int
+
+
+def _blob_timeout(size: int) -> aiohttp.ClientTimeout:
+    # Scaled to size: at least 5 minutes, plus a second per MiB (1 MiB/s floor).
+    return aiohttp.ClientTimeout(total=300 + size / (1024 * 1024), connect=15, sock_read=120)
+
+
+class RegistryClient:
+    """The endpoints of one registry. Cheap to copy with another retry budget."""
+
+    def __init__(self, transport: Transport, *, retries: int = 0) -> None:
+        self.transport = transport
+        self._attempts = retries
+
+    @property
+    def name(self) -> str:
+        return self.transport.name
+
+    @property
+    def host(self) -> str:
+        return self.transport.host
+
+    def with_retries(self, retries: int) -> RegistryClient:
+        return RegistryClient(self.transport, retries=retries)
+
+    async def _send(self, req: Request) -> Response:
+        if self._attempts and not req.attempts:
+            req = _with_attempts(req, self._attempts)
+        return await self.transport.send(req)
+
+    async def ping(self) -> None:
+        await self.transport.ping()
+
+    # -- manifests ---------------------------------------------------------------------
+    async def manifest_head(self, repository: str, reference: str) -> ManifestInfo | None:
+        """Digest, type and size of a manifest, or None if the tag/digest is absent."""
+        resp = await self._send(
+            Request(
+                "HEAD",
+                f"/v2/{repository}/manifests/{reference}",
+                repository=repository,
+                headers={"Accept": ACCEPT},
+                absent=(404,),
+                scopes=(repository_scope(repository, "pull"),),
+            )
+        )
+        if resp.status == 404:
+            return None
+        digest = resp.headers.get("Docker-Content-Digest", "")
+        if not digest:
+            # Without the header a HEAD cannot tell the digest; fetch the bytes instead.
+            m = await self.manifest_get(repository, reference)
+            return ManifestInfo(m.digest, m.media_type, m.size)
+        return ManifestInfo(
+            digest,
+            resp.headers.get("Content-Type", "").split(";")[0],
+            int(resp.headers.get("Content-Length", "0") or 0),
+        )
+
+    async def manifest_get(
+        self, repository: str, reference: str, *, absent_ok: bool = False
+    ) -> Manifest:
+        """The exact manifest bytes, parsed, with the digest checked two ways."""
+        resp = await self._send(
+            Request(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                repository=repository,
+                headers={"Accept": ACCEPT},
+                scopes=(repository_scope(repository, "pull"),),
+                max_body=MAX_MANIFEST_BYTES,
+            )
+        )
+        where = f"{self.name}/{repository}@{reference}"
+        manifest = parse_manifest(resp.body, resp.headers.get("Content-Type", ""), where=where)
+        if reference.startswith("sha256:") and manifest.digest != reference:
+            raise DigestMismatchError(where, reference, manifest.digest)
+        header = resp.headers.get("Docker-Content-Digest", "")
+        if header.startswith("sha256:") and header != manifest.digest:
+            raise DigestMismatchError(f"{where} (Docker-Content-Digest)", header, manifest.digest)
+        return manifest
+
+    async def manifest_get_optional(self, repository: str, reference: str) -> Manifest | None:
+        """Like ``manifest_get`` but None when absent."""
+        info = await self.manifest_head(repository, reference)
+        if info is None:
+            return None
+        return await self.manifest_get(repository, info.digest)
+
+    async def manifest_put(
+        self, repository: str, reference: str, raw: bytes, media_type: str
+    ) -> str:
+        """PUT the exact bytes; returns the digest, verified against what the registry says."""
+        resp = await self._send(
+            Request(
+                "PUT",
+                f"/v2/{repository}/manifests/{reference}",
+                repository=repository,
+                headers={"Content-Type": media_type},
+                body=raw,
+                expect=(201, 200),
+                scopes=(repository_scope(repository, "pull,push"),),
+            )
+        )
+        expected = digest_of(raw)
+        reported = resp.headers.get("Docker-Content-Digest", "")
+        if not reported:
+            info = await self.manifest_head(repository, expected)
+            reported = info.digest if info else ""
+        if reported != expected:
+            raise DigestMismatchError(
+                f"{self.name}/{repository}:{reference} (pushed manifest)", expected, reported
+            )
+        return reported
+
+    async def manifest_delete(self, repository: str, digest: str) -> None:
+        await self._send(
+            Request(
+                "DELETE",
+                f"/v2/{repository}/manifests/{digest}",
+                repository=repository,
+                expect=(202, 200),
+                absent=(404,),
+                scopes=(repository_scope(repository, "pull,push,delete"),),
+            )
+        )
+
+    # -- blobs -------------------------------------------------------------------------
+    async def blob_head(self, repository: str, digest: str) -> int | None:
+        """The blob's size if the repository has it, else None."""
+        resp = await self._send(
+            Request(
+                "HEAD",
+                f"/v2/{repository}/blobs/{digest}",
+                repository=repository,
+                absent=(404,),
+                scopes=(repository_scope(repository, "pull"),),
+            )
+        )
+        if resp.status == 404:
+            return None
+        return int(resp.headers.get("Content-Length", "0") or 0)
+
+    @asynccontextmanager
+    async def blob_get(
+        self, repository: str, digest: str, *, size: int = 0, offset: int = 0
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream a blob in chunks of up to ``CHUNK_SIZE``; never holds it whole."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        req = Request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            repository=repository,
+            headers=headers,
+            expect=(206,) if offset else (200,),
+            scopes=(repository_scope(repository, "pull"),),
+            timeout=_blob_timeout(size),
+            attempts=self._attempts,
+        )
+        async with self.transport.stream(req) as resp:
+            yield resp.content.iter_chunked(CHUNK_SIZE)
+
+    def _location(self, resp: Response) -> str:
+        loc = resp.headers.get("Location", "")
+        if not loc:
+            raise ServerError(
+                "upload answered without a Location header",
+                registry=self.name,
+                url=redact_url(resp.url),
+                status=resp.status,
+            )
+        return urljoin(resp.url, loc)
+
+    async def blob_mount(self, repository: str, digest: str, from_repository: str) -> str | None:
+        """Ask the registry to mount a blob from another repository.
+
+        Returns None when mounted (201). When the registry declines it opens an upload
+        session instead (202); its location is returned so the upload can use it directly.
+        """
+        resp = await self._send(
+            Request(
+                "POST",
+                f"/v2/{repository}/blobs/uploads/",
+                repository=repository,
+                query=(("mount", digest), ("from", from_repository)),
+                expect=(201, 202),
+                scopes=(
+                    repository_scope(repository, "pull,push"),
+                    repository_scope(from_repository, "pull"),
+                ),
+            )
+        )
+        return None if resp.status == 201 else self._location(resp)
+
+    async def upload_start(self, repository: str) -> str:
+        """POST a new upload session; returns its absolute location."""
+        resp = await self._send(
+            Request(
+                "POST",
+                f"/v2/{repository}/blobs/uploads/",
+                repository=repository,
+                expect=(202,),
+                scopes=(repository_scope(repository, "pull,push"),),
+            )
+        )
+        return self._location(resp)
+
+    async def upload_put(
+        self,
+        repository: str,
+        location: str,
+        digest: str,
+        size: int,
+        body: BodyFactory | bytes | None = None,
+    ) -> None:
+        """Finish an upload: a monolithic streamed PUT (or an empty one after PATCHes)."""
+        sep = "&" if "?" in location else "?"
+        await self._send(
+            Request(
+                "PUT",
+                f"{location}{sep}digest={digest}",
+                repository=repository,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(size if body is not None else 0),
+                },
+                body=body if body is not None else b"",
+                expect=(201, 204),
+                scopes=(repository_scope(repository, "pull,push"),),
+                # A streamed body cannot be replayed: the blob step retries the whole upload.
+                retry=body is None or isinstance(body, bytes),
+                timeout=_blob_timeout(size),
+            )
+        )
+
+    async def upload_patch(self, repository: str, location: str, offset: int, chunk: bytes) -> str:
+        """Send one chunk at ``offset``; returns the location for the next one."""
+        resp = await self._send(
+            Request(
+                "PATCH",
+                location,
+                repository=repository,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                    "Content-Length": str(len(chunk)),
+                },
+                body=chunk,
+                expect=(202,),
+                scopes=(repository_scope(repository, "pull,push"),),
+                retry=False,
+                timeout=_blob_timeout(len(chunk)),
+            )
+        )
+        return self._location(resp)
+
+    async def upload_status(self, repository: str, location: str) -> tuple[int, str]:
+        """How many bytes an upload session holds (``Range: 0-N``), and its location."""
+        resp = await self._send(
+            Request(
+                "GET",
+                location,
+                repository=repository,
+                expect=(204,),
+                scopes=(repository_scope(repository, "pull,push"),),
+            )
+        )
+        rng = resp.headers.get("Range", "")
+        m = re.match(r"^(?:bytes=)?0-(\d+)$", rng)
+        offset = int(m.group(1)) + 1 if m else 0
+        loc = resp.headers.get("Location")
+        return offset, urljoin(resp.url, loc) if loc else location
+
+    async def upload_cancel(self, repository: str, location: str) -> None:
+        await self._send(
+            Request(
+                "DELETE",
+                location,
+                repository=repository,
+                expect=(204, 200),
+                absent=(404,),
+                scopes=(repository_scope(repository, "pull,push"),),
+                retry=False,
+            )
+        )
+
+    # -- listings ----------------------------------------------------------------------
+    async def _paginate(self, path: str, key: str, repository: str, scope: str) -> list[str]:
+        out: list[str] = []
+        next_path: str | None = path
+        query: tuple[tuple[str, str], ...] = (("n", str(_PAGE_SIZE)),)
+        for _ in range(_MAX_PAGES):
+            if next_path is None:
+                return out
+            resp = await self._send(
+                Request(
+                    "GET",
+                    next_path,
+                    repository=repository,
+                    query=query,
+                    scopes=(scope,) if scope else (),
+                    absent=(404,) if key == "tags" else (),
+                )
+            )
+            if resp.status == 404:
+                return out
+            try:
+                items = json.loads(resp.body).get(key) or []
+            except (ValueError, AttributeError) as e:
+                raise ServerError(
+                    f"malformed {key} listing: {e}", registry=self.name, repository=repository
+                ) from None
+            out.extend(str(i) for i in items)
+            link = _LINK_RE.search(resp.headers.get("Link", ""))
+            if not link:
+                return out
+            target = link.group(1)
+            parts = urlsplit(target)
+            # Link targets carry their own query (last=, n=); keep it, drop ours.
+            next_path = parts.path + (f"?{parts.query}" if parts.query else "")
+            query = ()
+        raise ServerError(
+            f"{key} listing exceeded {_MAX_PAGES} pages", registry=self.name, repository=repository
+        )
+
+    async def tags_list(self, repository: str) -> list[str]:
+        """Every tag of a repository (an empty list if the repository does not exist)."""
+        return await self._paginate(
+            f"/v2/{repository}/tags/list", "tags", repository, repository_scope(repository, "pull")
+        )
+
+    async def catalog(self) -> list[str]:
+        """Every repository of the registry, through ``_catalog`` pagination."""
+        return await self._paginate("/v2/_catalog", "repositories", "", "registry:catalog:*")
+
+
+def _with_attempts(req: Request, attempts: int) -> Request:
+    return replace(req, attempts=attempts)

@@ -1,0 +1,446 @@
+"""The one HTTP engine for a registry: session, auth, retries, metrics and error mapping.
+
+Every endpoint method of ``RegistryClient`` builds a ``Request`` value and hands it to
+``Transport.send`` (or ``stream`` for blob bodies). Only here are aiohttp exceptions and
+HTTP statuses turned into syncd's typed errors, and only here are requests retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl as ssl_module
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from syncd import USER_AGENT
+from syncd.errors import (
+    AuthError,
+    ClientRequestError,
+    NetworkError,
+    NotFoundError,
+    OCIErrorDetail,
+    RateLimitedError,
+    RegistryError,
+    ServerError,
+    SyncdError,
+    TLSError,
+)
+from syncd.metrics import Metrics
+from syncd.registry.auth import Authenticator
+
+log = logging.getLogger(__name__)
+
+# Error bodies are for diagnostics only; a hostile server must not make us buffer more.
+MAX_ERROR_BODY = 64 * 1024
+# Bodies we read whole (manifests, listings, token answers) are capped by the caller;
+# this is the ceiling for anything read through ``send``.
+MAX_READ_BODY = 8 * 1024 * 1024
+# Sized for registry restarts and brief overloads: 0.25 s doubling to 10 s with jitter.
+_BACKOFF_INITIAL = 0.25
+_BACKOFF_MAX = 10.0
+# A Retry-After beyond this is treated as "not now": fail and let the next pass retry.
+_MAX_RETRY_AFTER = 120.0
+
+BodyFactory = Callable[[], AsyncIterable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One registry request, described as data (regclient's ``reghttp.Req`` idea)."""
+
+    method: str
+    path: str  # "/v2/…", or an absolute URL the registry handed us (upload Location)
+    repository: str = ""
+    query: tuple[tuple[str, str], ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | BodyFactory | None = None
+    expect: tuple[int, ...] = (200,)
+    # Statuses that are an answer rather than an error (404 on a HEAD means "absent").
+    absent: tuple[int, ...] = ()
+    scopes: tuple[str, ...] = ()
+    retry: bool = True
+    timeout: aiohttp.ClientTimeout | None = None
+    max_body: int = MAX_READ_BODY
+    attempts: int = 0  # 0: the transport's default
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    url: str
+
+
+def redact_url(url: str) -> str:
+    """Drop userinfo and the query (upload state, signed redirect parameters)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
+
+
+def parse_oci_errors(body: bytes) -> tuple[OCIErrorDetail, ...]:
+    """The ``errors`` array of a distribution-spec error body, cut to sane lengths."""
+    try:
+        doc = json.loads(body[:MAX_ERROR_BODY])
+        errors = doc.get("errors") or []
+        return tuple(
+            OCIErrorDetail(str(e.get("code", ""))[:64], str(e.get("message", ""))[:200])
+            for e in errors[:5]
+            if isinstance(e, dict)
+        )
+    except (ValueError, AttributeError, TypeError):
+        text = body[:120].decode("utf-8", "replace").strip()
+        return (OCIErrorDetail("", text),) if text else ()
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class Transport:
+    """Sends requests to one registry over one long-lived ``ClientSession``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        authenticator: Authenticator,
+        metrics: Metrics | None = None,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        max_concurrency: int = 8,
+        retries: int = 5,
+        user_agent: str = USER_AGENT,
+        username: str | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.host = urlsplit(self.base_url).netloc
+        self.auth = authenticator
+        self.metrics = metrics
+        self.ssl = ssl
+        self.retries = max(1, retries)
+        self.username = username
+        self._user_agent = user_agent
+        self._max_concurrency = max_concurrency
+        self._session: aiohttp.ClientSession | None = None
+        self._ping_lock = asyncio.Lock()
+        self._pinged = asyncio.Event()
+        self._paused_until = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # limit caps parallel connections to this registry: max_concurrency.
+            connector = aiohttp.TCPConnector(
+                limit=self._max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": self._user_agent},
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=15, sock_connect=15, sock_read=60
+                ),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- sending -----------------------------------------------------------------------
+    def _url(self, req: Request) -> str:
+        if req.path.startswith(("http://", "https://")):
+            return req.path
+        return self.base_url + req.path
+
+    async def ping(self) -> None:
+        """``GET /v2/`` once per process, to learn how this registry wants to be authed."""
+        if self._pinged.is_set():
+            return
+        async with self._ping_lock:
+            if self._pinged.is_set():
+                return
+            url = self.base_url + "/v2/"
+            async for attempt in self._retrying():
+                with attempt:
+                    async with self._map_errors("GET", url, ""):
+                        start = time.monotonic()
+                        async with self.session.get(url, ssl=self._ssl_arg) as resp:
+                            await resp.content.read(MAX_ERROR_BODY)
+                            self._count("GET", resp.status, start)
+                            if resp.status == 401:
+                                self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                            elif resp.status >= 500 or resp.status == 429:
+                                raise ServerError(
+                                    f"/v2/ answered {resp.status}",
+                                    registry=self.name,
+                                    method="GET",
+                                    url=redact_url(url),
+                                    status=resp.status,
+                                )
+                            elif resp.status == 404:
+                                raise ClientRequestError(
+                                    "not a registry: /v2/ answered 404 (check the url)",
+                                    registry=self.name,
+                                    method="GET",
+                                    url=redact_url(url),
+                                    status=404,
+                                )
+            self._pinged.set()
+
+    @property
+    def _ssl_arg(self) -> Any:
+        return self.ssl if self.ssl is not None else True
+
+    async def send(self, req: Request) -> Response:
+        """Send ``req`` (with retries unless ``req.retry`` is false) and read the body."""
+        await self.ping()
+        if not req.retry:
+            return await self._send_once(req)
+        async for attempt in self._retrying(req.attempts):
+            with attempt:
+                return await self._send_once(req)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _send_once(self, req: Request) -> Response:
+        async with self._exchange(req) as resp:
+            if req.method == "HEAD":
+                body = b""
+            elif resp.status in req.expect:
+                body = await resp.content.read(req.max_body + 1)
+                if len(body) > req.max_body:
+                    raise ServerError(
+                        f"response body over {req.max_body} bytes",
+                        registry=self.name,
+                        repository=req.repository,
+                        method=req.method,
+                        url=redact_url(str(resp.url)),
+                        status=resp.status,
+                    )
+            else:
+                body = b""
+            return Response(resp.status, resp.headers, body, str(resp.url))
+
+    @asynccontextmanager
+    async def stream(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open a response whose body the caller reads (blob GETs).
+
+        Retries cover getting the response; a break while reading the body surfaces as a
+        ``NetworkError`` for the blob step to retry as a whole.
+        """
+        await self.ping()
+        attempts = (req.attempts or self.retries) if req.retry else 1
+        for attempt in range(1, attempts + 1):
+            stack = AsyncExitStack()
+            try:
+                resp = await stack.enter_async_context(self._exchange(req))
+            except SyncdError as e:
+                await stack.aclose()
+                if not e.retryable or attempt == attempts:
+                    raise
+                await self._before_retry(e, attempt)
+                continue
+            async with stack:
+                try:
+                    yield resp
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise self._network_error(
+                        e, req.method, str(resp.url), req.repository
+                    ) from None
+            return
+
+    @asynccontextmanager
+    async def _exchange(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One HTTP exchange with auth; a 401 that brings a challenge is answered once."""
+        url = self._url(req)
+        same_host = urlsplit(url).netloc == self.host
+        await self._wait_if_paused()
+        for auth_try in (1, 2):
+            headers = dict(req.headers)
+            if same_host:
+                # Authorization goes only to the registry itself, never to a redirect host.
+                async with self._map_errors(req.method, url, req.repository):
+                    headers.update(
+                        await self.auth.header(self.session, req.scopes, ssl=self._ssl_arg)
+                    )
+            body: Any = req.body() if callable(req.body) else req.body
+            start = time.monotonic()
+            async with self._map_errors(req.method, url, req.repository):
+                resp = await self.session.request(
+                    req.method,
+                    url,
+                    params=req.query or None,
+                    headers=headers,
+                    data=body,
+                    ssl=self._ssl_arg,
+                    timeout=req.timeout or aiohttp.helpers.sentinel,
+                    allow_redirects=req.method in ("GET", "HEAD"),
+                )
+            try:
+                self._count(req.method, resp.status, start)
+                # A body factory may not be re-playable (a tee'd stream); bytes always are.
+                replayable = req.body is None or isinstance(req.body, bytes)
+                if (
+                    resp.status == 401
+                    and auth_try == 1
+                    and same_host
+                    and replayable
+                    and self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                ):
+                    self.auth.forget(req.scopes)
+                    await resp.content.read(MAX_ERROR_BODY)
+                    continue
+                if resp.status in req.expect or resp.status in req.absent:
+                    yield resp
+                    return
+                raise await self._status_error(req, resp)
+            finally:
+                resp.release()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- retries -----------------------------------------------------------------------
+    def _retrying(self, attempts: int = 0) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(attempts or self.retries),
+            wait=self._wait,
+            retry=retry_if_exception(lambda e: isinstance(e, SyncdError) and e.retryable),
+            reraise=True,
+            before_sleep=self._before_sleep,
+        )
+
+    _exp = wait_exponential_jitter(multiplier=_BACKOFF_INITIAL, max=_BACKOFF_MAX)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            return min(exc.retry_after, _MAX_RETRY_AFTER)
+        return float(self._exp(state))
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self._note_retry(exc, state.attempt_number)
+
+    async def _before_retry(self, exc: BaseException, attempt: int) -> None:
+        self._note_retry(exc, attempt)
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            delay = min(exc.retry_after, _MAX_RETRY_AFTER)
+        else:
+            delay = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2 ** (attempt - 1))
+        await asyncio.sleep(delay)
+
+    def _note_retry(self, exc: BaseException | None, attempt: int) -> None:
+        if self.metrics:
+            self.metrics.retries.labels(registry=self.name).inc()
+        log.warning(
+            "retrying after %s (attempt %d of %d)",
+            exc,
+            attempt,
+            self.retries,
+            extra={"registry": self.name, "event": "retry"},
+        )
+
+    async def _wait_if_paused(self) -> None:
+        delay = self._paused_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # -- metrics and errors ------------------------------------------------------------
+    def _count(self, method: str, code: int | str, start: float) -> None:
+        if self.metrics:
+            self.metrics.registry_requests.labels(
+                registry=self.name, method=method, code=str(code)
+            ).inc()
+            self.metrics.request_duration.labels(registry=self.name, method=method).observe(
+                time.monotonic() - start
+            )
+
+    def _network_error(
+        self, e: BaseException, method: str, url: str, repository: str
+    ) -> RegistryError:
+        where = dict(registry=self.name, repository=repository, method=method, url=redact_url(url))
+        if isinstance(e, aiohttp.ClientConnectorCertificateError):
+            return TLSError(
+                f"TLS certificate verification failed for {self.host}: {e.certificate_error}",
+                **where,  # type: ignore[arg-type]
+            )
+        if isinstance(e, aiohttp.ClientSSLError):
+            return TLSError(f"TLS handshake with {self.host} failed: {e}", **where)  # type: ignore[arg-type]
+        if isinstance(e, TimeoutError):
+            return NetworkError(f"timed out talking to {self.host}", **where)  # type: ignore[arg-type]
+        if isinstance(e, aiohttp.ClientConnectorError):
+            return NetworkError(
+                f"cannot connect to {self.host}: {e.os_error.strerror or e.os_error}",
+                **where,  # type: ignore[arg-type]
+            )
+        return NetworkError(f"connection to {self.host} failed: {type(e).__name__}: {e}", **where)  # type: ignore[arg-type]
+
+    @asynccontextmanager
+    async def _map_errors(self, method: str, url: str, repository: str) -> AsyncIterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        except (aiohttp.ClientError, TimeoutError) as e:
+            self._count(method, "error", start)
+            raise self._network_error(e, method, url, repository) from None
+
+    async def _status_error(self, req: Request, resp: aiohttp.ClientResponse) -> RegistryError:
+        try:
+            body = await resp.content.read(MAX_ERROR_BODY)
+        except (aiohttp.ClientError, TimeoutError):
+            body = b""
+        details = parse_oci_errors(body)
+        status = resp.status
+        kw: dict[str, Any] = dict(
+            registry=self.name,
+            repository=req.repository,
+            method=req.method,
+            url=redact_url(str(resp.url)),
+            status=status,
+            details=details,
+        )
+        if status == 401:
+            user = f" (user {self.username})" if self.username else " (anonymous)"
+            return AuthError(f"authentication failed for {self.name}{user}", **kw)
+        if status == 403:
+            action = "push" if req.method in ("PUT", "POST", "PATCH", "DELETE") else "pull"
+            return AuthError(f"denied: no {action} permission on {req.repository}", **kw)
+        if status == 404:
+            return NotFoundError("not found", **kw)
+        if status == 429:
+            after = _retry_after(resp.headers)
+            if after is not None:
+                # Slow every request to this registry, not only the one that was refused.
+                self._paused_until = max(self._paused_until, time.monotonic() + after)
+            return RateLimitedError("rate limited (429)", retry_after=after, **kw)
+        if status >= 500 or status == 408:
+            return ServerError(f"server error {status}", **kw)
+        return ClientRequestError(f"request refused with {status}", **kw)
