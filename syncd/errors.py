@@ -194,3 +194,9 @@ class UnsignedImageError(SyncdError):
 def failure_reason(err: BaseException) -> str:
     """The bounded ``reason`` label for a failure."""
     return err.reason if isinstance(err, SyncdError) else "internal"
+
+
+class WebhookPayloadError(SyncdError):
+    """A webhook body is not a notification we understand: bad JSON or missing fields."""
+
+    reason = "webhook_payload"
