@@ -203,7 +203,10 @@ class RegistryFactory:
             root = Path(tempfile.mkdtemp(prefix=f"syncd-reg{port}-", dir="/dev/shm"))
         root.mkdir(parents=True, exist_ok=True)
         if tls:
-            extra.setdefault("http", {})["tls"] = {"certificate": tls[0], "key": tls[1]}
+            # Merged, so a caller's http.tls extras (clientcas for mTLS) are kept.
+            extra.setdefault("http", {}).setdefault("tls", {}).update(
+                {"certificate": tls[0], "key": tls[1]}
+            )
         reg = Registry(
             port,
             root,
@@ -232,8 +235,11 @@ def http(
     headers: dict[str, str] | None = None,
     auth: tuple[str, str] | None = None,
     context: ssl.SSLContext | None = None,
+    token: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
     if auth:
         h["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     req = urllib.request.Request(url, data=data, method=method, headers=h)
