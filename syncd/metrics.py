@@ -6,7 +6,14 @@ A fresh registry per ``Metrics`` keeps tests independent and avoids prometheus_c
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Seconds; a pass spans sub-second no-ops to hour-long cold copies.
@@ -110,6 +117,18 @@ class Metrics:
             ["rule"],
             registry=r,
         )
+        # The reload path sets 1 after a good reload and 0 after a rejected one: a counter
+        # cannot say whether the *latest* reload failed, which the reload alert needs. It starts
+        # at 1 because syncd does not start with an invalid config.
+        self.config_last_reload_successful = Gauge(
+            "syncd_config_last_reload_successful",
+            "1 if the last config (re)load succeeded, 0 if the last reload was rejected",
+            registry=r,
+        )
+        self.config_last_reload_successful.set(1)
+        # process_start_time_seconds etc.: a rule that never succeeded since start is aged
+        # from the process start by the staleness alert.
+        ProcessCollector(registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result=result)
 
