@@ -1,0 +1,760 @@
+"""syncd against ``skopeo sync``, side by side on one machine, interleaved and paired.
+
+Starts CNCF distribution registries on loopback (storage on /dev/shm), seeds a source once
+from the deterministic corpus (bench.corpus), then repeats, alternating which tool goes first:
+
+* cold: a fresh, empty target; every repository of the corpus;
+* noop: the same pass again, nothing to do;
+* incr: one new tag pushed to the source, then a pass;
+* fanout: two fresh targets (syncd: one rule with two targets; skopeo: one sync per target);
+* noop-many: a pass over thousands of tags that the target already has
+  (and for syncd alone, the same with ``immutable_tags``).
+
+For each pass: wall time, CPU seconds and peak RSS of the tool's processes (from ``wait4``),
+bytes of blob GETs at the source and requests by kind at every registry (from the access logs,
+picked out by User-Agent), and the registries' own CPU seconds. The machine's bound is plain
+aiohttp clients downloading, then monolithically uploading, every blob with 4 streams.
+
+Results: ``bench/out/results-<time>.json`` (+ ``results.json``), a Markdown table on stdout.
+``--quick`` is a ~2-minute smoke run; the default full run fits in about 15 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import corpus as C
+from tests.helpers.registry import Access, Registry, RegistryFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+SKOPEO = shutil.which("skopeo") or "/usr/bin/skopeo"
+TOOL_TIMEOUT = 900.0
+_LOG_RE = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-) '
+    r'"[^"]*" "(?P<agent>[^"]*)"'
+)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- processes ----------------------------------------------------------------------------
+@dataclass
+class ProcStats:
+    """What the tool's processes cost: wall, CPU (user+sys), the largest peak RSS, status."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    rss_mb: float = 0.0
+    rss_sum_mb: float = 0.0  # peaks added up: an upper bound when processes overlap
+    processes: int = 0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _run_one(cmd: Sequence[str], log: Path, env: dict[str, str] | None) -> tuple[int, Any]:
+    """Run ``cmd`` to completion and return (exit code, its own rusage) via ``wait4``."""
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    # wait4 gives this child's rusage alone, which RUSAGE_CHILDREN deltas cannot when
+    # several tool processes overlap.
+    timer = threading.Timer(TOOL_TIMEOUT, lambda: os.killpg(proc.pid, 9))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage
+
+
+def run_commands(
+    cmds: Sequence[Sequence[str]], parallel: int, log: Path, env: dict[str, str] | None = None
+) -> ProcStats:
+    """Run ``cmds`` with at most ``parallel`` at a time; wall covers the whole batch."""
+    stats = ProcStats(processes=len(cmds))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(pool.map(lambda c: _run_one(c, log, env), cmds))
+    stats.wall = time.perf_counter() - t0
+    for cmd, (rc, usage) in zip(cmds, results, strict=True):
+        stats.cpu += usage.ru_utime + usage.ru_stime
+        rss = usage.ru_maxrss / 1024  # KiB on Linux
+        stats.rss_mb = max(stats.rss_mb, rss)
+        stats.rss_sum_mb += rss
+        if rc != 0:
+            stats.failures += 1
+            stats.errors.append(f"exit {rc}: {' '.join(cmd)[-160:]}")
+    return stats
+
+
+def registry_cpu(reg: Registry) -> float:
+    """CPU seconds the registry process has used so far."""
+    if reg.proc is None:
+        return 0.0
+    fields = Path(f"/proc/{reg.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+# -- access logs -------------------------------------------------------------------------
+@dataclass
+class RegStats:
+    """One registry during one pass, for one tool's User-Agent."""
+
+    role: str
+    requests: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    blob_get_bytes: int = 0
+    errors: int = 0  # responses >= 400 other than the 404s that answer existence checks
+    cpu: float = 0.0
+
+
+def reg_stats(reg: Registry, role: str, since: int, agent: str, cpu: float) -> RegStats:
+    with (reg.workdir / "registry.log").open("rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    counts: Counter[str] = Counter()
+    stats = RegStats(role, cpu=round(cpu, 3))
+    for m in _LOG_RE.finditer(text):
+        if agent not in m["agent"]:
+            continue
+        access = Access(m["method"], m["path"], int(m["status"]), m["agent"])
+        counts[access.kind] += 1
+        if access.kind == "blob_get" and m["bytes"] != "-":
+            stats.blob_get_bytes += int(m["bytes"])
+        if access.status >= 400 and access.status != 404:
+            stats.errors += 1
+    stats.counts = dict(sorted(counts.items()))
+    stats.requests = sum(counts.values())
+    return stats
+
+
+# -- the tools ---------------------------------------------------------------------------
+class Tool:
+    """A sync tool: how to run one pass from a source to targets over some repositories."""
+
+    name = ""
+    agent = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.log = workdir / f"{self.name}.log"
+
+    def sync(
+        self, src: Registry, targets: list[Registry], repos: list[str], *, immutable: bool = False
+    ) -> ProcStats:
+        raise NotImplementedError
+
+
+class Skopeo(Tool):
+    """``skopeo sync`` in its best documented configuration: ``--all --preserve-digests``,
+    one process per repository (``--src docker`` takes one repository), two at a time."""
+
+    name = "skopeo"
+    agent = "skopeo/"
+    parallel = 2
+
+    def sync(
+        self, src: Registry, targets: list[Registry], repos: list[str], *, immutable: bool = False
+    ) -> ProcStats:
+        cmds = [
+            [
+                SKOPEO,
+                "sync",
+                "--all",
+                "--preserve-digests",
+                "--src",
+                "docker",
+                "--dest",
+                "docker",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                f"{src.host}/{repo}",
+                target.host,
+            ]
+            for target in targets
+            for repo in repos
+        ]
+        return run_commands(cmds, self.parallel, self.log)
+
+
+class Syncd(Tool):
+    """``syncd -c CFG once`` with one rule over every repository, default settings."""
+
+    name = "syncd"
+    agent = "syncd/"
+
+    def __init__(self, workdir: Path, concurrency: int | None = None) -> None:
+        super().__init__(workdir)
+        self.concurrency = concurrency
+        self.count = 0
+
+    def config(
+        self, src: Registry, targets: list[Registry], repos: list[str], immutable: bool
+    ) -> Path:
+        registries = {"src": {"url": src.url}}
+        registries.update({f"t{i}": {"url": t.url} for i, t in enumerate(targets)})
+        rule: dict[str, Any] = {
+            "name": "bench",
+            "source": "src",
+            "targets": [f"t{i}" for i in range(len(targets))],
+            "repositories": repos,
+        }
+        if immutable:
+            rule["immutable_tags"] = [".*"]
+        doc: dict[str, Any] = {"registries": registries, "rules": [rule]}
+        if self.concurrency:
+            doc["defaults"] = {"concurrency": self.concurrency}
+        self.count += 1
+        path = self.workdir / f"syncd-{self.count}.yml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def command(self, cfg: Path) -> list[str]:
+        return [PYTHON, "-m", "syncd", "-c", str(cfg), "--log-level", "warning", "once"]
+
+    def sync(
+        self, src: Registry, targets: list[Registry], repos: list[str], *, immutable: bool = False
+    ) -> ProcStats:
+        cfg = self.config(src, targets, repos, immutable)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return run_commands([self.command(cfg)], 1, self.log, env)
+
+
+# -- one measured pass ---------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One pass of one tool in one scenario and repetition."""
+
+    tool: str
+    scenario: str
+    rep: int
+    proc: ProcStats
+    registries: list[RegStats]
+    verified: bool | None = None
+    note: str = ""
+
+    def reg(self, role: str) -> RegStats:
+        return next(r for r in self.registries if r.role == role)
+
+    @property
+    def targets(self) -> list[RegStats]:
+        return [r for r in self.registries if r.role.startswith("target")]
+
+
+def measure(
+    tool: Tool,
+    scenario: str,
+    rep: int,
+    src: Registry,
+    targets: list[Registry],
+    repos: list[str],
+    *,
+    immutable: bool = False,
+) -> Sample:
+    regs = [("source", src)] + [(f"target{i}", t) for i, t in enumerate(targets)]
+    marks = [(role, r, r.log_mark(), registry_cpu(r)) for role, r in regs]
+    proc = tool.sync(src, targets, repos, immutable=immutable)
+    time.sleep(0.3)  # the registry logs a request just after answering it
+    stats = [
+        reg_stats(r, role, mark, tool.agent, registry_cpu(r) - cpu0)
+        for role, r, mark, cpu0 in marks
+    ]
+    sample = Sample(tool.name, scenario, rep, proc, stats)
+    flag = "" if not proc.failures else f"  FAILED {proc.errors[:2]}"
+    print(
+        f"  {scenario:<16} {tool.name:<6} rep {rep}: {proc.wall:7.2f}s wall "
+        f"{proc.cpu:6.2f}s cpu {proc.rss_mb:6.1f}MB rss "
+        f"src {stats[0].requests} req / {stats[0].blob_get_bytes / C.MB:.1f}MB, "
+        f"targets {[s.requests for s in stats[1:]]} req{flag}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return sample
+
+
+async def _verify(url: str, corpus: C.Corpus, repos: dict[str, C.Repo]) -> bool:
+    """Every tag of ``repos`` is at ``url`` with the source's digest."""
+    accept = ", ".join([C.OCI_INDEX, C.OCI_MANIFEST])
+    ok = True
+    async with C.new_session(8) as session:
+
+        async def check(repo: str, tag: str, digest: str) -> None:
+            nonlocal ok
+            async with session.head(
+                f"{url}/v2/{repo}/manifests/{tag}", headers={"Accept": accept}
+            ) as resp:
+                if resp.status != 200 or resp.headers.get("Docker-Content-Digest") != digest:
+                    ok = False
+
+        await asyncio.gather(
+            *(check(r, t, d) for r, repo in repos.items() for t, d in repo.tags.items())
+        )
+    return ok
+
+
+def verify(reg: Registry, corpus: C.Corpus, repos: dict[str, C.Repo] | None = None) -> bool:
+    return asyncio.run(_verify(reg.url, corpus, repos or corpus.repos))
+
+
+# -- the machine's bound -------------------------------------------------------------------
+async def _bound_download(url: str, corpus: C.Corpus, streams: int) -> tuple[float, int]:
+    home = {d: name for name, repo in corpus.repos.items() for d in repo.blobs}
+    total = 0
+    async with C.new_session(streams) as session:
+        sem = asyncio.Semaphore(streams)
+
+        async def get(digest: str) -> None:
+            nonlocal total
+            async with sem, session.get(f"{url}/v2/{home[digest]}/blobs/{digest}") as resp:
+                resp.raise_for_status()
+                async for chunk in resp.content.iter_chunked(C.CHUNK):
+                    total += len(chunk)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(get(d) for d in corpus.unique_blobs()))
+        return time.perf_counter() - t0, total
+
+
+async def _bound_upload(url: str, corpus: C.Corpus, streams: int) -> tuple[float, int]:
+    async with C.new_session(streams) as session:
+        sem = asyncio.Semaphore(streams)
+
+        async def put(digest: str) -> None:
+            async with sem:
+                async with session.post(f"{url}/v2/bound/blobs/uploads/") as resp:
+                    location = resp.headers["Location"]
+                await C.upload_put(session, url, location, corpus.path(digest), digest)
+
+        t0 = time.perf_counter()
+        blobs = corpus.unique_blobs()
+        await asyncio.gather(*(put(d) for d in blobs))
+        return time.perf_counter() - t0, sum(corpus.sizes[d] for d in blobs)
+
+
+# -- the run -----------------------------------------------------------------------------
+class Bench:
+    """Registries, corpora and every sample of one run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.base = Path(tempfile.mkdtemp(prefix="syncd-bench-", dir=_shm()))
+        self.factory = RegistryFactory(self.base)
+        self.samples: list[Sample] = []
+        self.bound: list[dict[str, float]] = []
+        self.extras: dict[str, Any] = {}
+        self.tools: list[Tool] = [
+            Syncd(self.base, args.syncd_concurrency),
+            Skopeo(self.base),
+        ]
+
+    def registry(self) -> Registry:
+        return self.factory(storage_on_shm=True)
+
+    def discard(self, reg: Registry) -> None:
+        """Stop a registry and free its tmpfs storage (targets are fresh for every pass)."""
+        reg.stop()
+        self.factory.started.remove(reg)
+        shutil.rmtree(reg.root, ignore_errors=True)
+        shutil.rmtree(reg.workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        self.factory.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def order(self, rep: int) -> list[Tool]:
+        # Alternate who goes first so drift on a shared machine hits both tools alike.
+        return self.tools if rep % 2 == 0 else self.tools[::-1]
+
+    def add(self, sample: Sample) -> Sample:
+        self.samples.append(sample)
+        return sample
+
+    # -- scenarios ---------------------------------------------------------------------
+    def main_corpus(self, main: C.Corpus, src: Registry) -> None:
+        repos = list(main.repos)
+        extra_repo, extra = next(iter(main.extra.items()))
+        extra_digest = extra.tags["1.4"]
+        for rep in range(self.args.reps):
+            self.bound_once(main, src, rep)
+            for tool in self.order(rep):
+                target = self.registry()
+                s = self.add(measure(tool, "cold", rep, src, [target], repos))
+                s.verified = verify(target, main)
+                self.add(measure(tool, "noop", rep, src, [target], repos))
+                asyncio.run(C.push(src.url, main, repos=main.extra))
+                s = self.add(measure(tool, "incr", rep, src, [target], repos))
+                s.verified = verify(target, main, main.extra)
+                asyncio.run(C.delete_manifest(src.url, extra_repo, extra_digest))
+                self.discard(target)
+                pair = [self.registry(), self.registry()]
+                s = self.add(measure(tool, "fanout", rep, src, pair, repos))
+                s.verified = all(verify(t, main) for t in pair)
+                for t in pair:
+                    self.discard(t)
+
+    def bound_once(self, main: C.Corpus, src: Registry, rep: int) -> None:
+        streams = self.args.bound_streams
+        dl_wall, dl_bytes = asyncio.run(_bound_download(src.url, main, streams))
+        sink = self.registry()
+        up_wall, up_bytes = asyncio.run(_bound_upload(sink.url, main, streams))
+        self.discard(sink)
+        row = {
+            "rep": rep,
+            "download_s": dl_wall,
+            "download_MBps": dl_bytes / C.MB / dl_wall,
+            "upload_s": up_wall,
+            "upload_MBps": up_bytes / C.MB / up_wall,
+        }
+        self.bound.append(row)
+        print(
+            f"  bound rep {rep}: download {row['download_MBps']:.0f} MB/s, "
+            f"upload {row['upload_MBps']:.0f} MB/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def many_tags(self, many: C.Corpus) -> None:
+        src, tgt = self.registry(), self.registry()
+        t0 = time.perf_counter()
+        asyncio.run(C.push(src.url, many))
+        asyncio.run(C.push(tgt.url, many))
+        print(f"  seeded {many.tag_count} tags twice in {time.perf_counter() - t0:.0f}s",
+              file=sys.stderr)  # fmt: skip
+        repos = list(many.repos)
+        for rep in range(self.args.many_reps):
+            for tool in self.order(rep):
+                self.add(measure(tool, "noop-many", rep, src, [tgt], repos))
+            for tool in self.tools:
+                if isinstance(tool, Syncd):
+                    self.add(
+                        measure(tool, "noop-many-immutable", rep, src, [tgt], repos, immutable=True)
+                    )
+        self.discard(src)
+        self.discard(tgt)
+
+    def big_blob(self, big: C.Corpus) -> None:
+        src = self.registry()
+        asyncio.run(C.push(src.url, big))
+        for tool in self.tools:
+            tgt = self.registry()
+            s = self.add(measure(tool, "big-blob", 0, src, [tgt], list(big.repos)))
+            s.verified = verify(tgt, big)
+            self.discard(tgt)
+        self.discard(src)
+
+    def profile(self, main: C.Corpus, src: Registry) -> None:
+        """One extra cold pass of syncd under pyinstrument (not part of the figures)."""
+        syncd = next(t for t in self.tools if isinstance(t, Syncd))
+        out = OUT_DIR / "profile-cold.txt"
+        tgt = self.registry()
+        cfg = syncd.config(src, [tgt], list(main.repos), False)
+        cmd = [PYTHON, "-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(out)]
+        cmd += ["-m", "syncd", "-c", str(cfg), "--log-level", "warning", "once"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        stats = run_commands([cmd], 1, syncd.log, env)
+        self.discard(tgt)
+        self.extras["profile_cold"] = {"path": str(out), "wall": stats.wall}
+        print(f"  profile of a cold pass: {out}", file=sys.stderr)
+
+
+# -- reporting ---------------------------------------------------------------------------
+def _shm() -> str:
+    return "/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()
+
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+def _median(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return statistics.median(xs) if xs else None
+
+
+def _pick(samples: list[Sample], tool: str, scenario: str) -> list[Sample]:
+    return [s for s in samples if s.tool == tool and s.scenario == scenario]
+
+
+Metric = Callable[[Sample], float]
+
+METRICS: dict[str, Metric] = {
+    "wall_s": lambda s: s.proc.wall,
+    "cpu_s": lambda s: s.proc.cpu,
+    "peak_rss_mb": lambda s: s.proc.rss_mb,
+    "source_mb_read": lambda s: s.reg("source").blob_get_bytes / C.MB,
+    "source_requests": lambda s: s.reg("source").requests,
+    "target_requests": lambda s: sum(t.requests for t in s.targets),
+    "target_manifest_puts": lambda s: sum(t.counts.get("manifest_put", 0) for t in s.targets),
+    "target_blob_uploads": lambda s: sum(t.counts.get("upload_put", 0) for t in s.targets),
+    "target_mounts": lambda s: sum(t.counts.get("mount", 0) for t in s.targets),
+    "registries_cpu_s": lambda s: sum(r.cpu for r in s.registries),
+}
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    """Per scenario and metric: each tool's median and the median of paired ratios."""
+    out: dict[str, Any] = {}
+    for scenario in dict.fromkeys(s.scenario for s in samples):
+        rows: dict[str, Any] = {}
+        for metric, fn in METRICS.items():
+            row: dict[str, Any] = {}
+            per_tool: dict[str, dict[int, float]] = {}
+            for tool in ("syncd", "skopeo"):
+                values = {s.rep: float(fn(s)) for s in _pick(samples, tool, scenario)}
+                per_tool[tool] = values
+                row[tool] = _median(values.values())
+            pairs = [
+                per_tool["syncd"][r] / per_tool["skopeo"][r]
+                for r in per_tool["syncd"]
+                if r in per_tool["skopeo"] and per_tool["skopeo"][r] > 0
+            ]
+            row["ratio"] = _median(pairs)
+            rows[metric] = row
+        out[scenario] = rows
+    return out
+
+
+def evaluate(
+    summary: dict[str, Any],
+    samples: list[Sample],
+    bound: list[dict[str, float]],
+    main: C.Corpus,
+    many: C.Corpus | None,
+    big_mb: int,
+) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, limit: str, met: bool | None) -> None:
+        checks.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    def ratio(scenario: str, metric: str) -> float | None:
+        r = summary.get(scenario, {}).get(metric, {}).get("ratio")
+        return None if r is None else round(r, 3)
+
+    def med(scenario: str, metric: str, tool: str = "syncd") -> float | None:
+        v = summary.get(scenario, {}).get(metric, {}).get(tool)
+        return None if v is None else float(v)
+
+    def le(v: float | None, limit: float) -> bool | None:
+        return None if v is None else v <= limit
+
+    r = ratio("cold", "wall_s")
+    check("cold: wall ≤ 0.5× skopeo", r, "≤ 0.5", le(r, 0.5))
+    cold_wall = med("cold", "wall_s")
+    if bound and cold_wall:
+        slower = min(
+            _median(b["download_MBps"] for b in bound) or 0,
+            _median(b["upload_MBps"] for b in bound) or 0,
+        )
+        frac = round(main.unique_bytes() / C.MB / cold_wall / slower, 3)
+        check("cold: throughput ≥ 60% of the machine's bound", frac, "≥ 0.6", frac >= 0.6)
+    r = ratio("cold", "cpu_s")
+    check("cold: syncd CPU ≤ 0.5× skopeo", r, "≤ 0.5", le(r, 0.5))
+    cold = _pick(samples, "syncd", "cold")
+    if cold:
+        budgets = []
+        for s in cold:
+            t = s.targets[0]
+            blobs = t.counts.get("upload_put", 0) + t.counts.get("mount", 0)
+            budgets.append(t.requests / (6 * main.tag_count + 3 * blobs))
+        v = round(max(budgets), 3)
+        check("cold: target requests ≤ 6/tag + 3/uploaded blob (used share)", v, "≤ 1", v <= 1)
+        uploads = max(s.targets[0].counts.get("upload_put", 0) for s in cold)
+        check(
+            "cold: each unique blob uploaded once per target (rest mounted)",
+            uploads,
+            f"= {len(main.unique_blobs())}",
+            uploads == len(main.unique_blobs()),
+        )
+    fan = _pick(samples, "syncd", "fanout")
+    if fan:
+        read = max(s.reg("source").blob_get_bytes for s in fan)
+        check(
+            "fan-out: every blob read from the source once (MB read)",
+            round(read / C.MB, 1),
+            f"= {main.unique_bytes() / C.MB:.1f}",
+            read <= main.unique_bytes(),
+        )
+    r = ratio("fanout", "wall_s")
+    check("fan-out to 2: wall ≤ 0.45× skopeo", r, "≤ 0.45", le(r, 0.45))
+    incr = _pick(samples, "syncd", "incr")
+    if incr:
+        new = len(set(main.unique_blobs(main.extra.values())) - set(main.unique_blobs()))
+        ups = max(s.targets[0].counts.get("upload_put", 0) for s in incr)
+        check("incremental: only the new blobs uploaded", ups, f"= {new}", ups == new)
+    for scenario, tags, repos, limit in (
+        ("noop", main.tag_count, len(main.repos), 0.5),
+        ("noop-many", many.tag_count if many else 0, len(many.repos) if many else 0, 0.1),
+    ):
+        runs = _pick(samples, "syncd", scenario)
+        if not runs:
+            continue
+        worst = max(max(s.reg("source").requests, s.targets[0].requests) for s in runs)
+        check(
+            f"{scenario}: ≤ 1 request per tag per registry + 1 listing per repo",
+            worst,
+            f"≤ {tags + repos}",
+            worst <= tags + repos,
+        )
+        puts = max(s.targets[0].counts.get("manifest_put", 0) for s in runs)
+        check(f"{scenario}: no manifest re-push", puts, "= 0", puts == 0)
+        r = ratio(scenario, "wall_s")
+        check(f"{scenario}: wall ≤ {limit}× skopeo", r, f"≤ {limit}", le(r, limit))
+        if scenario == "noop-many":
+            w = med(scenario, "wall_s")
+            check("noop-many: syncd wall under 30 s", w, "< 30", None if w is None else w < 30)
+    imm = _pick(samples, "syncd", "noop-many-immutable")
+    if imm and many:
+        worst = max(max(s.reg("source").requests, s.targets[0].requests) for s in imm)
+        check(
+            "immutable_tags no-op: one listing per repository, nothing per tag",
+            worst,
+            f"≤ {len(many.repos)} per registry",
+            worst <= len(many.repos),
+        )
+    big = _pick(samples, "syncd", "big-blob")
+    if big:
+        rss = big[0].proc.rss_mb
+        check(f"memory: peak RSS < 100 MB copying a {big_mb} MiB blob", rss, "< 100", rss < 100)
+    return checks
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if abs(v) >= 100 or float(v).is_integer():
+        return f"{v:.0f}"
+    return f"{v:.{digits}f}"
+
+
+def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], bound: list[Any]) -> str:
+    shown = [
+        "wall_s",
+        "cpu_s",
+        "peak_rss_mb",
+        "source_mb_read",
+        "source_requests",
+        "target_requests",
+        "target_manifest_puts",
+        "target_blob_uploads",
+        "target_mounts",
+        "registries_cpu_s",
+    ]
+    lines = [
+        "| scenario | metric | syncd | skopeo | syncd/skopeo (paired median) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for scenario, rows in summary.items():
+        for metric in shown:
+            row = rows[metric]
+            if row["syncd"] is None and row["skopeo"] is None:
+                continue
+            lines.append(
+                f"| {scenario} | {metric} | {_fmt(row['syncd'])} | {_fmt(row['skopeo'])} "
+                f"| {_fmt(row['ratio'], 3)} |"
+            )
+    if bound:
+        dl = _median(b["download_MBps"] for b in bound)
+        up = _median(b["upload_MBps"] for b in bound)
+        lines += ["", f"Machine bound (median): download {_fmt(dl)} MB/s, upload {_fmt(up)} MB/s"]
+    lines += ["", "| target | measured | limit | met |", "| --- | ---: | --- | --- |"]
+    for c in checks:
+        met = {True: "yes", False: "**no**", None: "n/a"}[c["met"]]
+        lines.append(f"| {c['target']} | {_fmt(c['value'], 3)} | {c['limit']} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small corpus, few repetitions")
+    ap.add_argument("--scale", type=float, help="corpus size factor (full 1.0, quick 0.1)")
+    ap.add_argument("--reps", type=int, help="repetitions of cold/noop/incr/fanout")
+    ap.add_argument("--many", type=int, help="tags of the no-op-many corpus (0 skips)")
+    ap.add_argument("--many-reps", type=int, help="repetitions of the no-op-many pass")
+    ap.add_argument("--big", type=int, help="MiB of the big-blob memory scenario (0 skips)")
+    ap.add_argument("--bound-streams", type=int, default=4)
+    ap.add_argument("--syncd-concurrency", type=int, help="defaults.concurrency for syncd")
+    ap.add_argument("--only", choices=["syncd", "skopeo"], help="run one tool only")
+    ap.add_argument("--profile", action="store_true", help="also profile one syncd cold pass")
+    args = ap.parse_args(argv)
+    quick = {"scale": 0.1, "reps": 2, "many": 500, "many_reps": 1, "big": 128}
+    full = {"scale": 1.0, "reps": 3, "many": 5000, "many_reps": 2, "big": 1024}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    main_corpus = C.build_main(args.scale)
+    many = C.build_many(args.many) if args.many else None
+    big = C.build_big(args.big) if args.big else None
+    print(f"corpora ready in {time.perf_counter() - t0:.1f}s: {main_corpus.summary()}",
+          file=sys.stderr)  # fmt: skip
+    bench = Bench(args)
+    if args.only:
+        bench.tools = [t for t in bench.tools if t.name == args.only]
+    try:
+        src = bench.registry()
+        asyncio.run(C.push(src.url, main_corpus))
+        bench.main_corpus(main_corpus, src)
+        if many:
+            bench.many_tags(many)
+        if big:
+            bench.big_blob(big)
+        if args.profile:
+            bench.profile(main_corpus, src)
+    finally:
+        bench.close()
+    summary = summarize(bench.samples)
+    checks = evaluate(summary, bench.samples, bench.bound, main_corpus, many, args.big)
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "args": vars(args),
+        "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
+        "corpora": {
+            "main": main_corpus.summary(),
+            "many": many.summary() if many else None,
+            "big": big.summary() if big else None,
+        },
+        "summary": summary,
+        "checks": checks,
+        "bound": bench.bound,
+        "samples": [asdict(s) for s in bench.samples],
+        "extras": bench.extras,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    text = json.dumps(doc, indent=1, default=str)
+    (OUT_DIR / f"results-{stamp}.json").write_text(text)
+    (OUT_DIR / "results.json").write_text(text)
+    print(markdown(summary, checks, bench.bound))
+    print(f"\n{len(bench.samples)} passes in {doc['elapsed_s']:.0f}s; "
+          f"JSON: bench/out/results-{stamp}.json", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
