@@ -138,11 +138,27 @@ class Registry:
     def log_text(self) -> str:
         return self._log_path.read_text(errors="replace")
 
-    def log_mark(self) -> int:
-        """An offset into the log; pass to ``accesses(since=...)`` to see only later lines."""
+    def _log_size(self) -> int:
         return self._log_path.stat().st_size if self._log_path.exists() else 0
 
+    def settle(self, quiet: float = 0.15, limit: float = 2.0) -> None:
+        """Wait until the log stops growing: the registry logs a request after answering it."""
+        deadline = time.monotonic() + limit
+        size = self._log_size()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self._log_size()
+            if now == size:
+                return
+            size = now
+
+    def log_mark(self) -> int:
+        """An offset into the log; pass to ``accesses(since=...)`` to see only later lines."""
+        self.settle()
+        return self._log_size()
+
     def accesses(self, since: int = 0, agent: str | None = None) -> list[Access]:
+        self.settle()
         with self._log_path.open("rb") as f:
             f.seek(since)
             text = f.read().decode(errors="replace")

@@ -1,0 +1,213 @@
+"""The copy engine against real registries: digests, dedupe, mounts, integrity."""
+
+from __future__ import annotations
+
+import hashlib
+
+from syncd.config.schema import TagFilter
+from syncd.metrics import Metrics
+from tests.copy.conftest import make_config, sync
+from tests.helpers.images import image, layer, multiarch, push
+from tests.helpers.registry import Registry, RegistryFactory, http, manifest_raw, tags
+
+UA = "syncd/"
+
+
+def sha(b: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+def assert_complete(reg: Registry, repo: str, ref: str) -> None:
+    """Every blob and child the manifest references is present at ``reg``."""
+    import json
+
+    raw = manifest_raw(reg.url, repo, ref)
+    assert raw is not None, f"{repo}:{ref} missing"
+    doc = json.loads(raw)
+    for child in doc.get("manifests", []):
+        assert_complete(reg, repo, child["digest"])
+    for blob in [doc.get("config"), *doc.get("layers", [])]:
+        if blob:
+            status, _, _ = http("HEAD", f"{reg.url}/v2/{repo}/blobs/{blob['digest']}")
+            assert status == 200, f"{repo} lacks {blob['digest']}"
+
+
+async def test_copy_preserves_digests_of_images_and_indexes(
+    source: Registry, target: Registry
+) -> None:
+    single = image("single", layers=3, docker=True)
+    idx = multiarch("multi", ("linux/amd64", "linux/arm64", "linux/arm/v7"))
+    push(source.url, "team/app", "v1", single)
+    push(source.url, "team/app", "v2", idx)
+    result = await sync(make_config(source, [target], ["team/app"]))
+    assert result.ok and result.synced == 2
+    for tag, img in (("v1", single), ("v2", idx)):
+        raw = manifest_raw(target.url, "team/app", tag)
+        assert raw == img.raw and sha(raw) == img.digest
+        assert_complete(target, "team/app", tag)
+
+
+async def test_shared_layers_uploaded_once_and_second_pass_uploads_nothing(
+    source: Registry, target: Registry
+) -> None:
+    base = [layer("base-0", 50_000), layer("base-1", 50_000)]
+    for i in range(4):
+        push(source.url, "team/app", f"v{i}", image(f"img{i}", layers=1, shared=base))
+    cfg = make_config(source, [target], ["team/app"], concurrency=4)
+    mark = target.log_mark()
+    metrics = Metrics()
+    result = await sync(cfg, metrics)
+    assert result.ok and result.synced == 4
+    uploads = [a for a in target.accesses(mark, UA) if a.kind == "upload_put"]
+    digests = [a.path.split("digest=")[1] for a in uploads]
+    assert len(digests) == len(set(digests)), "a blob was uploaded twice"
+    # 2 shared layers + 4 own layers + 4 configs
+    assert len(digests) == 10
+    assert result.blobs_copied == 10
+    assert metrics.blobs_copied.labels(target="t0")._value.get() == 10
+
+    mark = target.log_mark()
+    again = await sync(cfg)
+    assert again.ok and again.synced == 0 and again.skipped == 4
+    counts = target.counts(mark, UA)
+    assert counts["upload_post"] == counts["upload_put"] == counts["manifest_put"] == 0
+    # a no-op pass: one manifest HEAD per tag at the target, nothing else (plus a ping)
+    assert counts["manifest_head"] == 4
+    assert sum(counts.values()) - counts["ping"] == 4
+
+
+async def test_noop_costs_one_head_per_tag_per_registry(source: Registry, target: Registry) -> None:
+    idx = multiarch("noop")
+    push(source.url, "a/b", "v1", idx)
+    push(source.url, "a/b", "v2", image("noop2"))
+    cfg = make_config(source, [target], ["a/b"])
+    await sync(cfg)
+    smark, tmark = source.log_mark(), target.log_mark()
+    result = await sync(cfg)
+    assert result.skipped == 2
+    s, t = source.counts(smark, UA), target.counts(tmark, UA)
+    assert s["manifest_head"] == 2 and s["tags_list"] == 1
+    assert sum(s.values()) - s["ping"] == 3
+    assert t["manifest_head"] == 2 and sum(t.values()) - t["ping"] == 2
+
+
+async def test_mount_between_repositories_of_one_target(source: Registry, target: Registry) -> None:
+    base = [layer("mount-base", 100_000)]
+    push(source.url, "one/app", "v1", image("m1", layers=1, shared=base))
+    push(source.url, "two/app", "v1", image("m2", layers=1, shared=base))
+    metrics = Metrics()
+    mark = target.log_mark()
+    cfg = make_config(source, [target], ["one/app", "two/app"], concurrency=1)
+    result = await sync(cfg, metrics)
+    assert result.ok and result.synced == 2
+    counts = target.counts(mark, UA)
+    assert counts["mount"] == 1
+    assert result.blobs_mounted == 1
+    assert metrics.blobs_mounted.labels(target="t0")._value.get() == 1
+    uploads = [a.path for a in target.accesses(mark, UA) if a.kind == "upload_put"]
+    assert (
+        not any(base[0].digest in p for p in uploads[1:])
+        or len([p for p in uploads if base[0].digest in p]) == 1
+    )
+    assert_complete(target, "two/app", "v1")
+
+
+async def test_fan_out_reads_each_blob_once(source: Registry, registries: RegistryFactory) -> None:
+    t1, t2 = registries(), registries()
+    img = image("fan", layers=2, size=200_000)
+    push(source.url, "f/o", "v1", img)
+    mark = source.log_mark()
+    result = await sync(make_config(source, [t1, t2], ["f/o"]))
+    assert result.ok and result.synced == 1
+    gets = [a for a in source.accesses(mark, UA) if a.kind == "blob_get"]
+    assert len(gets) == len(img.blobs)
+    for t in (t1, t2):
+        assert manifest_raw(t.url, "f/o", "v1") == img.raw
+
+
+async def test_corrupt_source_blob_aborts_that_image_only(
+    source: Registry, target: Registry
+) -> None:
+    good = image("good", layers=1)
+    bad = image("bad", layers=1, size=10_000)
+    push(source.url, "c/good", "v1", good)
+    push(source.url, "c/bad", "v1", bad)
+    path = source.blob_path(bad.layers[0].digest)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = await sync(make_config(source, [target], ["c/good", "c/bad"]))
+    assert result.failed == 1 and result.synced == 1
+    assert "digest mismatch" in " ".join(result.failures)
+    assert manifest_raw(target.url, "c/good", "v1") == good.raw
+    assert manifest_raw(target.url, "c/bad", "v1") is None
+    assert tags(target.url, "c/bad") == []
+    status, _, _ = http("HEAD", f"{target.url}/v2/c/bad/blobs/{bad.layers[0].digest}")
+    assert status == 404
+
+
+async def test_explicit_tag_list_and_missing_tag(source: Registry, target: Registry) -> None:
+    for t in ("v1", "v2", "v3"):
+        push(source.url, "e/x", t, image(f"e-{t}", layers=1, size=100))
+    cfg = make_config(source, [target], ["e/x"], tags=TagFilter(names=("v1", "v3", "v9")))
+    result = await sync(cfg)
+    assert result.synced == 2 and result.failed == 1
+    assert tags(target.url, "e/x") == ["v1", "v3"]
+
+
+async def test_overwrite_false_refuses_and_backup_keeps_old(
+    source: Registry, target: Registry
+) -> None:
+    old, new = image("old", layers=1, size=100), image("new", layers=1, size=100)
+    push(target.url, "o/w", "v1", old)
+    push(source.url, "o/w", "v1", new)
+    metrics = Metrics()
+    refused = await sync(make_config(source, [target], ["o/w"], overwrite=False), metrics)
+    assert refused.failed == 1
+    assert manifest_raw(target.url, "o/w", "v1") == old.raw
+    assert (
+        metrics.image_failures.labels(
+            rule="r", target="t0", reason="overwrite_refused"
+        )._value.get()
+        == 1
+    )
+    moved = await sync(make_config(source, [target], ["o/w"], backup="{tag}-previous"))
+    assert moved.ok and moved.synced == 1
+    assert manifest_raw(target.url, "o/w", "v1") == new.raw
+    assert manifest_raw(target.url, "o/w", "v1-previous") == old.raw
+
+
+async def test_platforms_filter_makes_a_new_index(source: Registry, target: Registry) -> None:
+    idx = multiarch("pf", ("linux/amd64", "linux/arm64", "linux/s390x"))
+    push(source.url, "p/f", "v1", idx)
+    cfg = make_config(source, [target], ["p/f"], platforms=("linux/amd64", "linux/arm64"))
+    result = await sync(cfg)
+    assert result.ok
+    import json
+
+    raw = manifest_raw(target.url, "p/f", "v1")
+    assert raw is not None and sha(raw) != idx.digest
+    plats = [m["platform"]["architecture"] for m in json.loads(raw)["manifests"]]
+    assert plats == ["amd64", "arm64"]
+    assert_complete(target, "p/f", "v1")
+    # stable: the next pass is a no-op
+    again = await sync(cfg)
+    assert again.skipped == 1 and again.synced == 0
+
+
+async def test_plan_writes_nothing_and_once_does_what_it_said(
+    source: Registry, target: Registry
+) -> None:
+    img = image("plan", layers=2, size=1000)
+    push(source.url, "pl/an", "v1", img)
+    cfg = make_config(source, [target], ["pl/an"])
+    mark = target.log_mark()
+    planned = await sync(cfg, dry_run=True)
+    writes = [a for a in target.accesses(mark) if a.method in ("POST", "PUT", "PATCH", "DELETE")]
+    assert writes == []
+    (entry,) = [e for e in planned.plan if e.action == "copy"]
+    assert entry.digest == img.digest
+    assert entry.missing_bytes == sum(len(b.data) for b in img.blobs)
+    result = await sync(cfg)
+    assert result.bytes_copied == entry.missing_bytes
+    assert result.blobs_copied == len(entry.missing_blobs)
