@@ -1,0 +1,333 @@
+"""The ``syncd`` command: argument parsing, the composition root, and exit statuses.
+
+Exit statuses (contract): 0 success; 1 some image failed or a registry error; 2 the config
+(or the command line) is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from syncd import __version__
+from syncd.config.load import load_config
+from syncd.config.schema import Config, RuleConfig
+from syncd.errors import ConfigError, SyncdError
+from syncd.logs import configure
+from syncd.metrics import Metrics
+from syncd.sync import PlanEntry, RulePassResult, open_syncer
+
+log = logging.getLogger("syncd")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+
+def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The flags accepted both before and after the command."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "-c", "--config", default=default, metavar="FILE", help="config file (env SYNCD_CONFIG)"
+    )
+    parser.add_argument(
+        "--listen",
+        default=default,
+        metavar="HOST:PORT",
+        help="HTTP server address for run (and once, when given)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=default,
+        type=str.lower,
+        choices=["json", "text"],
+        help="log format (default text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="log level, any case (default info)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncd", description="Keep container images in step across OCI registries."
+    )
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    _common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("validate", help="load and check the config")
+    _common(p, suppress=True)
+
+    for name, text in (
+        ("plan", "show what would be copied, write nothing"),
+        ("once", "one full pass, then exit"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _common(p, suppress=True)
+        p.add_argument("--rule", metavar="NAME", help="only this rule")
+        if name == "plan":
+            p.add_argument(
+                "--output",
+                choices=["text", "json"],
+                default="text",
+                type=str.lower,
+                help="output format",
+            )
+
+    p = sub.add_parser("run", help="the long-lived daemon")
+    _common(p, suppress=True)
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help="how long in-flight copies may finish after SIGTERM (default 30)",
+    )
+    return parser
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit ":PORT"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = args.config or os.environ.get("SYNCD_CONFIG")
+    redactor = configure(args.log_format or "text", args.log_level or "info")
+    if not path:
+        print("syncd: no config file: use -c FILE or set SYNCD_CONFIG", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "run":
+        from syncd.daemon.lifecycle import serve
+
+        metrics = Metrics()
+        try:
+            status: int = asyncio.run(
+                serve(
+                    path,
+                    listen=args.listen,
+                    shutdown_timeout=args.shutdown_timeout,
+                    metrics=metrics,
+                )
+            )
+        except KeyboardInterrupt:
+            return 130
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        for line in [str(p) for p in e.problems] or [str(e)]:
+            print(redactor.scrub(line), file=sys.stderr)
+        return EXIT_CONFIG
+    for secret in _secrets_of(config):
+        redactor.add(secret)
+    if args.command == "validate":
+        print(f"{path}: valid ({len(config.registries)} registries, {len(config.rules)} rules)")
+        return EXIT_OK
+    rules = list(config.rules)
+    if args.rule:
+        rule = config.rule(args.rule)
+        if rule is None:
+            names = ", ".join(r.name for r in config.rules)
+            print(f"syncd: no rule named {args.rule!r} (rules: {names})", file=sys.stderr)
+            return EXIT_CONFIG
+        rules = [rule]
+    try:
+        if args.command == "plan":
+            return asyncio.run(_plan(config, rules, args.output))
+        return asyncio.run(_once(config, rules, args.listen))
+    except KeyboardInterrupt:
+        print("syncd: interrupted", file=sys.stderr)
+        return 130
+    except ConfigError as e:
+        print(f"syncd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncdError as e:
+        print(redactor.scrub(f"syncd: {e}"), file=sys.stderr)
+        return e.exit_code
+
+
+def _secrets_of(config: Config) -> list[str]:
+    out = [r.password.reveal() for r in config.registries.values() if r.password]
+    if config.server.webhook_token:
+        out.append(config.server.webhook_token.reveal())
+    return out
+
+
+# -- once ---------------------------------------------------------------------------------
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def summary_line(total: RulePassResult, seconds: float) -> str:
+    return (
+        f"summary: images synced={total.synced} skipped={total.skipped} failed={total.failed}"
+        f" blobs copied={total.blobs_copied} skipped={total.blobs_skipped}"
+        f" mounted={total.blobs_mounted} referrers={total.referrers_copied}"
+        f" bytes={total.bytes_copied} ({_human(total.bytes_copied)}) seconds={seconds:.2f}"
+    )
+
+
+class _Progress:
+    """A one-line progress display, only when stdout is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stdout.isatty()
+        self.done = 0
+        self.rule = ""
+
+    def tick(self, rule: str, result: RulePassResult) -> None:
+        if not self.enabled:
+            return
+        self.done += 1
+        sys.stdout.write(
+            f"\r{rule}: {result.synced} synced, {result.skipped} up to date, "
+            f"{result.failed} failed, {_human(result.bytes_copied)}\x1b[K"
+        )
+        sys.stdout.flush()
+
+    def end(self) -> None:
+        if self.enabled and self.done:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+
+
+async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> int:
+    metrics = Metrics()
+    server = None
+    if listen:
+        from syncd.server import HttpServer
+
+        host, port = _parse_listen(listen)
+        server = HttpServer(
+            metrics=metrics,
+            ready=lambda: True,
+            trigger=lambda events: [],
+            webhook_token=lambda: None,
+        )
+        await server.start(host, port)
+    start = time.monotonic()
+    total = RulePassResult("*")
+    progress = _Progress()
+    try:
+        async with open_syncer(config, metrics, track_target_bytes=server is not None) as syncer:
+            syncer.progress = progress.tick
+            for rule in rules:
+                total.add(await syncer.run_rule(rule))
+    finally:
+        progress.end()
+        if server is not None:
+            await server.aclose()
+    for failure in total.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    print(summary_line(total, time.monotonic() - start), flush=True)
+    return EXIT_OK if total.ok else EXIT_FAILED
+
+
+# -- plan ---------------------------------------------------------------------------------
+_ACTION_TEXT = {
+    "up_to_date": "up to date",
+    "copy": "copy",
+    "overwrite_refused": "overwrite refused",
+    "filtered": "filtered",
+    "immutable": "immutable (not checked)",
+    "failed": "error",
+}
+
+
+def _plan_json(entries: list[PlanEntry], total: RulePassResult) -> dict[str, Any]:
+    images = []
+    for e in entries:
+        images.append(
+            {
+                "rule": e.rule,
+                "source": e.source,
+                "tag": e.tag,
+                "source_digest": e.source_digest or None,
+                "digest": e.digest or None,
+                "target": e.target or None,
+                "action": e.action,
+                "platforms_filtered": e.filtered_index,
+                "missing_blobs": [
+                    {"digest": b.digest, "size": b.size, "media_type": b.media_type}
+                    for b in e.missing_blobs
+                ],
+                "missing_manifests": e.missing_manifests,
+                "missing_bytes": e.missing_bytes,
+                **({"error": e.error} if e.error else {}),
+            }
+        )
+    copies = [e for e in entries if e.action == "copy"]
+    return {
+        "images": images,
+        "totals": {
+            "copy": len(copies),
+            "up_to_date": sum(e.action == "up_to_date" for e in entries),
+            "overwrite_refused": sum(e.action == "overwrite_refused" for e in entries),
+            "filtered": sum(e.action == "filtered" for e in entries),
+            "errors": sum(e.action == "failed" for e in entries),
+            "missing_blobs": len({b.digest for e in copies for b in e.missing_blobs}),
+            "missing_bytes": sum(e.missing_bytes for e in copies),
+        },
+    }
+
+
+async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
+    total = RulePassResult("*")
+    async with open_syncer(config, None, track_target_bytes=False) as syncer:
+        for rule in rules:
+            total.add(await syncer.run_rule(rule, dry_run=True))
+    doc = _plan_json(total.plan, total)
+    if output == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        current = ""
+        for e in total.plan:
+            if e.rule != current:
+                current = e.rule
+                print(f"rule {e.rule}:")
+            action = _ACTION_TEXT.get(e.action, e.action)
+            line = f"  {e.source}:{e.tag}"
+            if e.target:
+                line += f" -> {e.target}"
+            line += f"  {action}"
+            if e.digest:
+                line += f"  {e.digest}"
+            if e.filtered_index:
+                line += f" (new index, platforms filtered from {e.source_digest})"
+            if e.action == "copy":
+                line += (
+                    f"  missing {len(e.missing_blobs)} blobs, {e.missing_manifests}"
+                    f" manifests, {_human(e.missing_bytes)}"
+                )
+            if e.error:
+                line += f"  ({e.error})"
+            print(line)
+        t = doc["totals"]
+        print(
+            f"total: {t['copy']} to copy, {t['up_to_date']} up to date, "
+            f"{t['overwrite_refused']} overwrite refused, {t['filtered']} filtered, "
+            f"{t['errors']} errors; {t['missing_blobs']} blobs, {_human(t['missing_bytes'])}"
+            " to transfer"
+        )
+    return EXIT_FAILED if doc["totals"]["errors"] else EXIT_OK
