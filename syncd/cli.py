@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except KeyboardInterrupt:
             return 130
+        return status
     try:
         config = load_config(path)
     except ConfigError as e:
