@@ -172,7 +172,7 @@ def _write_layout_index(corpus: Corpus) -> None:
 
 
 # -- blob generation ------------------------------------------------------------------------
-class _Builder:
+class Builder:
     """Writes blobs into ``root/blobs/sha256`` and remembers sizes and media types."""
 
     def __init__(self, root: Path) -> None:
@@ -312,7 +312,7 @@ def build_main(scale: float = 1.0, root: Path | None = None) -> Corpus:
     cached = Corpus.load(root, meta)
     if cached:
         return cached
-    b = _Builder(root)
+    b = Builder(root)
     stacks = {
         (s, p): [b.layer(f"base-{s}-{p}-{i}", _sz(mb, scale)) for i, mb in enumerate((20, 8))]
         for s in "abc"
@@ -357,7 +357,7 @@ def build_many(tags: int = 5000, repos: int = 5, images: int = 10) -> Corpus:
     cached = Corpus.load(root, meta)
     if cached:
         return cached
-    b = _Builder(root)
+    b = Builder(root)
     out: dict[str, Repo] = {}
     per_repo = [tags // repos + (1 if r < tags % repos else 0) for r in range(repos)]
     for r, count in enumerate(per_repo):
@@ -385,7 +385,7 @@ def build_big(size_mb: int = 1024) -> Corpus:
     cached = Corpus.load(root, meta)
     if cached:
         return cached
-    b = _Builder(root)
+    b = Builder(root)
     repo = Repo()
     b.tag(repo, "1.0", b.image("big", "linux/amd64", [b.layer("big-layer", size_mb * MB)]))
     corpus = Corpus(root, "big", {"big": repo}, b.media_types, b.sizes)
