@@ -271,7 +271,8 @@ class Scheduler:
             # A bug or an unexpected error in one pass must not stop the rule's schedule.
             logger.exception("rule pass crashed", extra={**fields, "result": "error"})
         else:
-            logger.info(
+            # sync.py logs the pass summary at info; this adds only what triggered it.
+            logger.debug(
                 "rule pass finished",
                 extra={
                     **fields,
