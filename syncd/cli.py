@@ -256,7 +256,7 @@ _ACTION_TEXT = {
 }
 
 
-def _plan_json(entries: list[PlanEntry], total: RulePassResult) -> dict[str, Any]:
+def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
     images = []
     for e in entries:
         images.append(
@@ -287,8 +287,11 @@ def _plan_json(entries: list[PlanEntry], total: RulePassResult) -> dict[str, Any
             "overwrite_refused": sum(e.action == "overwrite_refused" for e in entries),
             "filtered": sum(e.action == "filtered" for e in entries),
             "errors": sum(e.action == "failed" for e in entries),
-            "missing_blobs": len({b.digest for e in copies for b in e.missing_blobs}),
-            "missing_bytes": sum(e.missing_bytes for e in copies),
+            "missing_blobs": len({(e.target, b.digest) for e in copies for b in e.missing_blobs}),
+            # A blob missing for several images of one target is transferred once.
+            "missing_bytes": sum(
+                {(e.target, b.digest): b.size for e in copies for b in e.missing_blobs}.values()
+            ),
         },
     }
 
@@ -298,7 +301,7 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
     async with open_syncer(config, None, track_target_bytes=False) as syncer:
         for rule in rules:
             total.add(await syncer.run_rule(rule, dry_run=True))
-    doc = _plan_json(total.plan, total)
+    doc = _plan_json(total.plan)
     if output == "json":
         print(json.dumps(doc, indent=2))
     else:
