@@ -121,6 +121,7 @@ class _RawProblem:
     path: Path
     message: str
     at_key: bool = False
+    where: tuple[int, int] | None = None  # for a node the path does not lead to
 
 
 @dataclass(slots=True)
@@ -211,7 +212,9 @@ class _PositionLoader(yaml.SafeLoader):
                 line = first[0] if first else "?"
                 self.doc.problems.append(
                     _RawProblem(
-                        key_path, f"duplicate key {key!r} (first at line {line})", at_key=True
+                        key_path,
+                        f"duplicate key {key!r} (first at line {line})",
+                        where=_mark(key_node.start_mark),
                     )
                 )
                 continue
@@ -608,8 +611,11 @@ def _error_message(err: ErrorDetails) -> str:
 class _Loader:
     """One load: the document, its problems, and the checks that span the document."""
 
-    def __init__(self, filename: str, base_dir: str, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, filename: str, base_dir: str, environ: Mapping[str, str], *, check_files: bool
+    ) -> None:
         self.filename = filename
+        self.check_files = check_files
         self.base_dir = base_dir
         self.environ = environ
         self.doc = _Document(data=None)
@@ -640,14 +646,25 @@ class _Loader:
             shown += f"[{seg}]" if isinstance(seg, int) else (f".{seg}" if shown else seg)
         return path, shown
 
-    def add(self, path: Path, message: str, *, at_key: bool = False, shown: str = "") -> None:
-        """Record a problem at data path ``path`` (which must exist in the document)."""
+    def add(
+        self,
+        path: Path,
+        message: str,
+        *,
+        at_key: bool = False,
+        shown: str = "",
+        where: tuple[int, int] | None = None,
+    ) -> None:
+        """Record a problem at data path ``path``: at its value, or its key with ``at_key``;
+        a path the document lacks is placed at its nearest ancestor."""
         pos = self.doc.positions.get(path)
         probe = path
         while pos is None and probe:
             probe = probe[:-1]
             pos = self.doc.positions.get(probe)
-        if pos is None:
+        if where is not None:
+            line, column = where
+        elif pos is None:
             line, column = 1, 1
         else:
             line, column = pos.key if (at_key and pos.key) else pos.value
@@ -670,6 +687,9 @@ class _Loader:
             # file, which may hold a password.
             parts = [p for p in (e.context, e.problem) if p]
             message = "YAML syntax error: " + ("; ".join(parts) or "cannot parse")
+            if e.context_mark and e.problem_mark and e.context_mark.line != e.problem_mark.line:
+                began = _mark(e.context_mark)
+                message += f" (the construct began at line {began[0]}, column {began[1]})"
             self.problems.append(ConfigProblem(self.filename, line, column, "", message))
             return False
         except yaml.YAMLError as e:
@@ -687,7 +707,7 @@ class _Loader:
         finally:
             loader.dispose()
         for raw in self.doc.problems:
-            self.add(raw.path, raw.message, at_key=raw.at_key)
+            self.add(raw.path, raw.message, at_key=raw.at_key, where=raw.where)
         data = self.doc.data
         if data is None:
             self.add((), "the file is empty: expected a mapping with registries and rules")
@@ -752,6 +772,8 @@ class _Loader:
         if "client_key" in reg and "client_cert" not in reg:
             self.add((*path, "client_key"), "client_key needs client_cert", at_key=True)
         for key in ("password_file", "ca_file", "client_cert", "client_key"):
+            if not self.check_files:
+                break
             value = reg.get(key)
             if not isinstance(value, str) or not value or (*path, key) in self.doc.broken:
                 continue
@@ -949,8 +971,15 @@ def _display(path: Path) -> str:
     return shown
 
 
-def _load(text: str, filename: str, base_dir: str, environ: Mapping[str, str] | None) -> Config:
-    loader = _Loader(filename, base_dir, os.environ if environ is None else environ)
+def _load(
+    text: str,
+    filename: str,
+    base_dir: str,
+    environ: Mapping[str, str] | None,
+    check_files: bool,
+) -> Config:
+    env = os.environ if environ is None else environ
+    loader = _Loader(filename, base_dir, env, check_files=check_files)
     model = None
     if loader.parse(text):
         model = loader.validate()
@@ -962,21 +991,31 @@ def _load(text: str, filename: str, base_dir: str, environ: Mapping[str, str] | 
 
 
 def load_config_text(
-    text: str, *, filename: str = "<string>", environ: Mapping[str, str] | None = None
+    text: str,
+    *,
+    filename: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    check_files: bool = True,
 ) -> Config:
     """Validate config ``text`` as if read from ``filename``; relative paths in it are taken
     from the current directory. Raises ``ConfigError`` with every problem found."""
-    return _load(text, filename, os.getcwd(), environ)
+    return _load(text, filename, os.getcwd(), environ, check_files)
 
 
 def load_config(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    check_files: bool = True,
 ) -> Config:
     """Read, interpolate and validate the config file at ``path``.
 
-    ``environ`` (default ``os.environ``) supplies ``${VAR}``. Raises ``ConfigError`` carrying
-    every problem, each with file, line, column and key path; a file that cannot be read is
-    one problem at 1:1.
+    ``environ`` (default ``os.environ``) supplies ``${VAR}``. Files the config names
+    (``password_file``, ``ca_file``, ``client_cert``, ``client_key``; relative paths are taken
+    from the config file's directory) must exist and be readable unless ``check_files`` is
+    false, which is for checking a config meant for another machine. Raises ``ConfigError``
+    carrying every problem, each with file, line, column and key path; a file that cannot be
+    read is one problem at 1:1.
     """
     filename = os.fspath(path)
     try:
@@ -995,4 +1034,4 @@ def load_config(
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError([ConfigProblem(filename, line, 1, "", "not UTF-8 text")]) from None
     base_dir = os.path.dirname(os.path.abspath(filename))
-    return _load(text, filename, base_dir, environ)
+    return _load(text, filename, base_dir, environ, check_files)
