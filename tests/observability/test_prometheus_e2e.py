@@ -163,37 +163,15 @@ def stack(workdir: Path) -> Iterator[list[Process]]:
         process.stop()
 
 
-def test_prometheus_sees_what_syncd_copied(
-    source: Registry, target: Registry, workdir: Path, stack: list[Process]
-) -> None:
-    # Two tags of one repository share a base layer; a second repository has its own blobs.
-    base = layer("obs-base", 6000)
-    v1 = image("obs-v1", layers=2, size=3000, shared=[base])
-    v2 = image("obs-v2", layers=1, size=5000, shared=[base])
-    lib = image("obs-lib", layers=1, size=7000)
-    push(source.url, "team/app", "v1", v1)
-    push(source.url, "team/app", "v2", v2)
-    push(source.url, "team/lib", "1.0", lib)
-    app_blobs = v1.blobs + v2.blobs
-    uploaded = {b.digest: b for b in app_blobs + lib.blobs}
-
+def observe(
+    config: dict[str, Any], workdir: Path, stack: list[Process]
+) -> tuple[Process, PrometheusServer]:
+    """Start ``syncd run`` with ``config`` and a Prometheus scraping it; return once the
+    first pass of RULE is over and one more scrape has landed, so that Prometheus holds
+    every counter of that pass."""
     listen = f"127.0.0.1:{free_port()}"
-    config = {
-        "registries": {"src": {"url": source.url}, "dst": {"url": target.url}},
-        "rules": [
-            {
-                "name": RULE,
-                "source": "src",
-                "targets": ["dst"],
-                "repositories": ["team/app", "team/lib"],
-                "target_prefix": "mirror/",
-                "interval": f"{INTERVAL}s",
-            }
-        ],
-    }
     config_path = workdir / "syncd.yml"
     config_path.write_text(yaml.safe_dump(config))
-    started_at = time.time()
     syncd = start(
         [sys.executable, "-m", "syncd", "-c", str(config_path), "run", "--listen", listen],
         workdir / "syncd.log",
@@ -202,10 +180,8 @@ def test_prometheus_sees_what_syncd_copied(
     prometheus = PrometheusServer(workdir, listen)
     stack.append(prometheus.process)
     prometheus.wait_ready()
-
-    # The pass is over once its last-success timestamp is set; then let one more scrape land
-    # so every counter of the pass is in Prometheus.
-    done = f'syncd_last_success_timestamp_seconds{{job="syncd", rule="{RULE}"}}'
+    # Set at the end of every pass, clean or not.
+    done = f'syncd_rule_last_pass_failures{{job="syncd", rule="{RULE}"}}'
     wait_for(
         "the first pass in Prometheus",
         lambda: prometheus.query(done),
@@ -220,6 +196,44 @@ def test_prometheus_sees_what_syncd_copied(
         30,
         syncd,
         prometheus.process,
+    )
+    return syncd, prometheus
+
+
+def rule_config(source: str, target: str, repositories: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "registries": {"src": {"url": source}, "dst": {"url": target}},
+        "rules": [
+            {
+                "name": RULE,
+                "source": "src",
+                "targets": ["dst"],
+                "repositories": repositories,
+                "target_prefix": "mirror/",
+                "interval": f"{INTERVAL}s",
+                **extra,
+            }
+        ],
+    }
+
+
+def test_prometheus_sees_what_syncd_copied(
+    source: Registry, target: Registry, workdir: Path, stack: list[Process]
+) -> None:
+    # Two tags of one repository share a base layer; a second repository has its own blobs.
+    base = layer("obs-base", 6000)
+    v1 = image("obs-v1", layers=2, size=3000, shared=[base])
+    v2 = image("obs-v2", layers=1, size=5000, shared=[base])
+    lib = image("obs-lib", layers=1, size=7000)
+    push(source.url, "team/app", "v1", v1)
+    push(source.url, "team/app", "v2", v2)
+    push(source.url, "team/lib", "1.0", lib)
+    app_blobs = v1.blobs + v2.blobs
+    uploaded = {b.digest: b for b in app_blobs + lib.blobs}
+
+    started_at = time.time()
+    syncd, prometheus = observe(
+        rule_config(source.url, target.url, ["team/app", "team/lib"]), workdir, stack
     )
     assert syncd.proc.poll() is None, syncd.output()
 
@@ -272,5 +286,35 @@ def test_prometheus_sees_what_syncd_copied(
     assert empty == []
 
     # The daemon stops gracefully (contract: 0 after SIGTERM).
+    assert syncd.stop() == 0, syncd.output()
+    stack.remove(syncd)
+
+
+def test_prometheus_sees_an_unreachable_target(
+    source: Registry, workdir: Path, stack: list[Process]
+) -> None:
+    """The inputs of SyncdRuleFailing, SyncdTargetRegistryUnreachable and SyncdRetryStorm,
+    as a real failure produces them: connection failures are counted with code="error"."""
+    push(source.url, "team/app", "v1", image("obs-down", layers=1, size=1000))
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    syncd, prometheus = observe(
+        rule_config(source.url, dead, ["team/app"], retries=2), workdir, stack
+    )
+
+    def v(promql: str) -> float:
+        return prometheus.value(promql)
+
+    assert v(f'syncd_rule_last_pass_failures{{rule="{RULE}"}}') >= 1
+    assert v(f'sum(syncd_image_failures_total{{rule="{RULE}", target="dst"}})') >= 1
+    assert prometheus.query(f'syncd_last_success_timestamp_seconds{{rule="{RULE}"}}') == []
+    assert v('sum(syncd_registry_requests_total{registry="dst", code="error"})') >= 1
+    assert v('sum(syncd_registry_requests_total{registry="dst", code!="error"}) or vector(0)') == 0
+    assert v('sum(syncd_retries_total{registry="dst"})') >= 1
+    assert v("sum(syncd_images_synced_total) or vector(0)") == 0
+    # SyncdRuleFailing sees it at once and waits out its `for` (pending, not yet firing).
+    pending = prometheus.query('ALERTS{alertname="SyncdRuleFailing"}')
+    assert [(a["metric"]["rule"], a["metric"]["alertstate"]) for a in pending] == [
+        (RULE, "pending")
+    ]
     assert syncd.stop() == 0, syncd.output()
     stack.remove(syncd)
