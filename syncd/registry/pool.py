@@ -2,49 +2,23 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import ssl
 from collections.abc import Mapping
 from types import TracebackType
 
 from syncd import USER_AGENT
 from syncd.config.schema import RegistryConfig
 from syncd.metrics import Metrics
-from syncd.registry.auth import Authenticator, CredentialsLike, StaticCredentials
+from syncd.registry.auth import Authenticator, is_loopback
 from syncd.registry.client import RegistryClient
+from syncd.registry.credentials import credential_source
+from syncd.registry.tls import ssl_context
 from syncd.registry.transport import Transport
 
 log = logging.getLogger(__name__)
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost (credentials may go there over http)."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _ssl_context(reg: RegistryConfig) -> ssl.SSLContext | bool | None:
-    if reg.scheme != "https":
-        return None
-    if not reg.tls_verify:
-        return False
-    ctx = ssl.create_default_context()
-    if reg.ca_file:
-        ctx.load_verify_locations(cafile=reg.ca_file)
-    if reg.client_cert:
-        ctx.load_cert_chain(reg.client_cert, reg.client_key)
-    return ctx
-
-
-def _static(reg: RegistryConfig) -> CredentialsLike:
-    return StaticCredentials(reg.username, reg.password)
+__all__ = ["ClientPool", "is_loopback"]
 
 
 class ClientPool:
@@ -70,14 +44,13 @@ class ClientPool:
         if existing is not None:
             return existing
         reg = self.configs[name]
-        creds = _static(reg)
-
-        async def credentials() -> CredentialsLike:
-            return creds
-
+        # Built first: a bad ca_file or client certificate is a ConfigError before any I/O.
+        tls = ssl_context(reg)
+        source = credential_source(reg)
         insecure = reg.scheme == "http" and not is_loopback(reg.host)
         allow = not insecure or reg.allow_insecure_auth
-        if insecure and reg.username and not reg.allow_insecure_auth:
+        has_creds = bool(reg.password or reg.password_file or reg.docker_config)
+        if insecure and has_creds and not reg.allow_insecure_auth:
             log.warning(
                 "registry %s is plain http on a non-loopback host: credentials will not be "
                 "sent (set allow_insecure_auth: true to override)",
@@ -93,15 +66,17 @@ class ClientPool:
         auth = Authenticator(
             registry=name,
             registry_host=reg.host,
-            credentials=credentials,
+            credentials=source.get,
             allow_credentials=allow,
+            allow_insecure_auth=reg.allow_insecure_auth,
+            on_refused=source.invalidate,
         )
         transport = Transport(
             name=name,
             base_url=reg.base_url,
             authenticator=auth,
             metrics=self._metrics,
-            ssl=_ssl_context(reg),
+            ssl=tls,
             max_concurrency=reg.max_concurrency,
             retries=self._retries,
             user_agent=self._user_agent,

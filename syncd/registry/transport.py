@@ -42,7 +42,7 @@ from syncd.errors import (
     TLSError,
 )
 from syncd.metrics import Metrics
-from syncd.registry.auth import Authenticator
+from syncd.registry.auth import Authenticator, parse_challenge
 
 log = logging.getLogger(__name__)
 
@@ -427,12 +427,31 @@ class Transport:
             status=status,
             details=details,
         )
-        if status == 401:
-            user = f" (user {self.username})" if self.username else " (anonymous)"
-            return AuthError(f"authentication failed for {self.name}{user}", **kw)
-        if status == 403:
+        if status in (401, 403):
+            # The registry's own words go into the message: they are what an operator
+            # searches for ("UNAUTHORIZED: authentication required", "DENIED: …").
+            text = "; ".join(str(d) for d in details)
+            kw["details"] = ()
+            username = self.auth.username or self.username
+            user = f"user {username}" if username else "anonymous"
+            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+            # A token without the needed access is refused with 401 insufficient_scope
+            # (token spec); to an operator that is a permission problem, like a 403.
+            scope_refused = challenge is not None and challenge.params.get("error") == (
+                "insufficient_scope"
+            )
+            if status == 401 and not scope_refused:
+                return AuthError(
+                    f"authentication failed for {self.name} ({user})"
+                    + (f": {text}" if text else ""),
+                    **kw,
+                )
             action = "push" if req.method in ("PUT", "POST", "PATCH", "DELETE") else "pull"
-            return AuthError(f"denied: no {action} permission on {req.repository}", **kw)
+            return AuthError(
+                f"denied: no {action} permission on {req.repository or 'the catalog'} ({user})"
+                + (f": {text}" if text else ""),
+                **kw,
+            )
         if status == 404:
             return NotFoundError("not found", **kw)
         if status == 429:
