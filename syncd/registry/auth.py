@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from syncd.errors import AuthError, NetworkError, ServerError, TLSError
+from syncd.registry.bodies import read_capped
 from syncd.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -416,7 +417,7 @@ class Authenticator:
                 ssl=ssl,
                 allow_redirects=False,
             ) as resp:
-                return resp.status, await resp.content.read(_MAX_TOKEN_BODY)
+                return resp.status, await read_capped(resp, _MAX_TOKEN_BODY)
         except aiohttp.ClientConnectorCertificateError as e:
             raise TLSError(
                 f"TLS certificate verification failed for token endpoint {host}: "

@@ -43,6 +43,7 @@ from syncd.errors import (
 )
 from syncd.metrics import Metrics
 from syncd.registry.auth import Authenticator, parse_challenge
+from syncd.registry.bodies import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class Transport:
             if req.method == "HEAD":
                 body = b""
             elif resp.status in req.expect:
-                body = await resp.content.read(req.max_body + 1)
+                body = await read_capped(resp, req.max_body + 1)
                 if len(body) > req.max_body:
                     raise ServerError(
                         f"response body over {req.max_body} bytes",
@@ -414,7 +415,7 @@ class Transport:
 
     async def _status_error(self, req: Request, resp: aiohttp.ClientResponse) -> RegistryError:
         try:
-            body = await resp.content.read(MAX_ERROR_BODY)
+            body = await read_capped(resp, MAX_ERROR_BODY)
         except (aiohttp.ClientError, TimeoutError):
             body = b""
         details = parse_oci_errors(body)
