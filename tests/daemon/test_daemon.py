@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.daemon.conftest import TOKEN, DaemonFactory, wait_until, write_config
+from tests.daemon.conftest import (
+    PYTHON,
+    REPO,
+    TOKEN,
+    DaemonFactory,
+    wait_until,
+    write_config,
+)
 from tests.helpers.images import image, push
-from tests.helpers.registry import Registry, RegistryFactory, free_port, manifest_raw, tags
+from tests.helpers.registry import (
+    Registry,
+    RegistryFactory,
+    free_port,
+    http,
+    manifest_raw,
+    tags,
+)
 
 REPO_A = "team/app"
 
@@ -275,3 +292,121 @@ def test_a_taken_port_exits_1(
     assert second.proc.wait(30) == 1
     assert second.events("cannot listen")
     assert first.stop() == 0
+
+
+def _blob_ok(registry: Registry, repo: str, digest: str, size: int) -> bool:
+    status, headers, _ = http("HEAD", f"{registry.url}/v2/{repo}/blobs/{digest}")
+    return status == 200 and int(headers.get("Content-Length", -1)) == size
+
+
+def test_sigterm_during_a_large_copy_exits_0_and_leaves_no_broken_tag(
+    registries: RegistryFactory, daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    source, target = registries(), registries()
+    big = image("big", layers=1, size=150 * 1024 * 1024)
+    push(source.url, "team/big", "v1", big)
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        {"src": source.url, "dst": target.url},
+        [rule("big", ["team/big"], interval="1h")],
+    )
+    mark = target.log_mark()
+    d = daemons(cfg, "--shutdown-timeout", "1")
+    d.wait_healthy()
+    # The copy is under way once the target has opened an upload session for it.
+    wait_until(
+        lambda: any(a.kind == "upload_post" for a in target.accesses(mark, agent="syncd")),
+        30,
+        "the upload to start",
+    )
+    d.signal(signal.SIGTERM)
+    start = time.monotonic()
+    draining = d.get("/readyz")[0]  # 0: already closed
+    assert draining in (0, 503)
+    assert d.proc is not None
+    assert d.proc.wait(30) == 0
+    took = time.monotonic() - start
+    assert took < 1 + 10  # the shutdown timeout, then a prompt cancel and close
+    raw = manifest_raw(target.url, "team/big", "v1")
+    cancelled = d.events("cancelling passes still running")
+    if raw is None:
+        assert cancelled, "no tag, yet the pass was not cancelled"
+    else:
+        # The copy beat the signal: then the tag must be complete.
+        assert raw == big.raw
+        assert all(_blob_ok(target, "team/big", b.digest, len(b.data)) for b in big.blobs)
+    # Either way the next run completes the image.
+    proc = subprocess.run(
+        [PYTHON, "-m", "syncd", "-c", str(cfg), "once"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert manifest_raw(target.url, "team/big", "v1") == big.raw
+    assert all(_blob_ok(target, "team/big", b.digest, len(b.data)) for b in big.blobs)
+    print(f"SIGTERM to exit: {took:.2f}s; cancelled mid-copy: {bool(cancelled)}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_starts_exactly_as_the_systemd_unit_does(
+    source: Registry, target: Registry, daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    unit = (REPO / "deploy" / "systemd" / "syncd.service").read_text()
+    lines = dict(
+        line.split("=", 1)
+        for line in unit.splitlines()
+        if line.startswith(("ExecStart=", "ExecReload="))
+    )
+    argv = shlex.split(lines["ExecStart"])
+    assert argv[0] == "/usr/local/bin/syncd"
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        {"src": source.url, "dst": target.url},
+        [rule("unit", [REPO_A], interval="1h")],
+    )
+    # Only the binary and the config path change; every flag stays as the unit has it.
+    argv = [PYTHON, "-m", "syncd"] + [
+        str(cfg) if a == "/etc/syncd/config.yaml" else a for a in argv[1:]
+    ]
+    listen = argv[argv.index("--listen") + 1]
+    port = int(listen.rpartition(":")[2])
+    if not _port_free(port):
+        # Something else on this machine holds the unit's port: the one deviation allowed.
+        port = free_port()
+        argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
+    push(source.url, REPO_A, "v1", image("v1"))
+    d = daemons(cfg, argv=argv, port=port)
+    d.wait_ready()
+    wait_until(lambda: synced(source, target, REPO_A, "v1"), 10, "a pass under the unit's flags")
+    assert d.logs(), "--log-format json must give JSON lines"
+
+    # The image's HEALTHCHECK command succeeds against it.
+    health = next(
+        line
+        for line in (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+        if line.startswith("HEALTHCHECK")
+    )
+    check = json.loads(health[health.index("CMD") + 3 :])
+    assert check[0] == "python"
+    check = [PYTHON, *check[1:]]
+    check[-1] = check[-1].replace("127.0.0.1:9090", f"127.0.0.1:{port}")
+    assert subprocess.run(check, timeout=30).returncode == 0
+
+    # ExecReload, with $MAINPID filled in as systemd would.
+    reload_cmd = shlex.split(lines["ExecReload"].replace("$MAINPID", str(d.pid)))
+    assert subprocess.run(reload_cmd, timeout=30).returncode == 0
+    wait_until(
+        lambda: d.metric("syncd_config_reloads_total", result="success") == 1, 10, "the reload"
+    )
+    # systemd's stop: KillSignal=SIGTERM, and a clean exit.
+    assert d.stop() == 0
+    assert subprocess.run(check, timeout=30, capture_output=True).returncode != 0
