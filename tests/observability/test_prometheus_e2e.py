@@ -270,6 +270,12 @@ def test_prometheus_sees_what_syncd_copied(
     assert v('sum(syncd_registry_request_duration_seconds_count{registry="dst"})') > 0
     assert v('up{job="syncd"}') == 1
 
+    # Label values stay bounded: no digest and no tag is a label value.
+    series = prometheus.get("/api/v1/series", **{"match[]": '{job="syncd"}'})["data"]
+    values = {value for labels in series for name, value in labels.items() if name != "le"}
+    assert {v for v in values if "sha256" in v} == set()
+    assert values & {"v1", "v2", "1.0"} == set()
+
     # The alert rules load and evaluate without errors on real data, and nothing fires.
     groups = prometheus.get("/api/v1/rules")["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
