@@ -101,20 +101,20 @@ def parse_reference(text: str, *, default_registry: str | None = None) -> Refere
     """
     if not text or text != text.strip():
         raise InvalidReferenceError(f"invalid reference {text!r}: empty or surrounded by spaces")
-    rest, _, digest = text.partition("@")
-    if digest:
-        validate_digest(digest)
-    tag: str | None = None
-    # A ':' after the last '/' separates the tag; one before it is a port.
-    colon = rest.rfind(":")
-    if colon > rest.rfind("/"):
-        rest, tag = rest[:colon], rest[colon + 1 :]
-        validate_tag(tag)
-    if default_registry is not None:
-        registry, repository = default_registry, rest
-    else:
-        registry, repository = _split_host(rest)
     try:
+        rest, _, digest = text.partition("@")
+        if digest:
+            validate_digest(digest)
+        tag: str | None = None
+        # A ':' after the last '/' separates the tag; one before it is a port.
+        colon = rest.rfind(":")
+        if colon > rest.rfind("/"):
+            rest, tag = rest[:colon], rest[colon + 1 :]
+            validate_tag(tag)
+        if default_registry is not None:
+            registry, repository = default_registry, rest
+        else:
+            registry, repository = _split_host(rest)
         validate_repository(repository)
     except InvalidReferenceError as e:
         raise InvalidReferenceError(f"invalid reference {text!r}: {e}") from None
