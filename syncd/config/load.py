@@ -170,6 +170,7 @@ class _PositionLoader(yaml.SafeLoader):
         if self._nodes > MAX_NODES or len(path) > MAX_DEPTH:
             raise _TooLargeError
         if id(node) in self._stack:
+            self.doc.broken.add(path)
             self.doc.problems.append(_RawProblem(path, "an alias refers to itself"))
             return None
         if isinstance(node, yaml.MappingNode):

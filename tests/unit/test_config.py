@@ -654,6 +654,16 @@ CASES: list[tuple[str, str, list[tuple[int, int, str, str]]]] = [
         [(11, 46, "rules[0].referrers_types[1]", "invalid artifact type 'sbom'")],
     ),
     (
+        "recursive-alias",
+        BASE + "    platforms: &p [linux/amd64, *p]\n",
+        [(11, 16, "rules[0].platforms[1]", "an alias refers to itself")],
+    ),
+    (
+        "complex-key",
+        BASE + "    ? [a, b]\n    : 1\n",
+        [(11, 7, "rules[0].?", "a key must be a plain name")],
+    ),
+    (
         "custom-yaml-tag",
         BASE + "    overwrite: !!python/object:os.system x\n",
         [(11, 16, "", "YAML syntax error")],
