@@ -167,6 +167,7 @@ def test_registry_notifications_trigger_a_sync(
         "timeout": "2s",
         "threshold": 3,
         "backoff": "1s",
+        "ignoredmediatypes": ["application/octet-stream"],
     }
     source = registries(notifications={"endpoints": [endpoint]})
     target = registries()
