@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers.images import Blob, image, layer, push
+from tests.helpers.images import Blob, Image, image, layer, push
 from tests.helpers.registry import Registry, free_port
 from tests.observability.test_dashboard import grafana_to_promql, queries
 
@@ -322,5 +322,31 @@ def test_prometheus_sees_an_unreachable_target(
     assert [(a["metric"]["rule"], a["metric"]["alertstate"]) for a in pending] == [
         (RULE, "pending")
     ]
+    assert syncd.stop() == 0, syncd.output()
+    stack.remove(syncd)
+
+
+def test_prometheus_sees_referrers_copied(
+    source: Registry, target: Registry, workdir: Path, stack: list[Process]
+) -> None:
+    """A cosign signature travels with its image and is counted as a referrer; its blobs
+    are uploads like any other."""
+    app = image("obs-signed", layers=1, size=2000)
+    push(source.url, "team/app", "v1", app)
+    payload = json.dumps({"critical": {"image": {"docker-manifest-digest": app.digest}}})
+    signature = Image(
+        Blob(b"{}", "application/vnd.oci.image.config.v1+json"),
+        [Blob(payload.encode(), "application/vnd.dev.cosign.simplesigning.v1+json")],
+    )
+    push(source.url, "team/app", f"sha256-{app.digest.split(':')[1]}.sig", signature)
+    syncd, prometheus = observe(rule_config(source.url, target.url, ["team/app"]), workdir, stack)
+
+    assert prometheus.value('syncd_referrers_copied_total{target="dst"}') == 1
+    assert prometheus.value('syncd_images_synced_total{target="dst"}') == 1
+    assert prometheus.value('syncd_blob_bytes_copied_total{target="dst"}') == total(
+        app.blobs + signature.blobs
+    )
+    panel = next(expr for where, expr in queries() if where.startswith("Referrers copied/"))
+    assert prometheus.query(grafana_to_promql(panel).replace("[5m]", "[1m]"))
     assert syncd.stop() == 0, syncd.output()
     stack.remove(syncd)
