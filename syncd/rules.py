@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -136,12 +136,38 @@ def parse_version(tag: str) -> semantic_version.Version | None:
     )
 
 
-def _version_key(tag: str) -> tuple[semantic_version.Version, str]:
+_Key = tuple[int, int, int, int, tuple[tuple[int, int, str], ...], str]
+
+
+@lru_cache(maxsize=16384)
+def _version_key(tag: str) -> _Key:
+    """A plain tuple that sorts like semver precedence (``Version`` comparisons are slow).
+
+    A release sorts after its pre-releases; pre-release identifiers compare numerically when
+    numeric, numeric ones before alphanumeric ones, and a longer list after its own prefix.
+    Two tags can be the same version (``v1.2.3``/``1.2.3``, ``1.2``/``1.2.0``): the name breaks
+    the tie, so the order never depends on the order of the listing.
+    """
     version = parse_version(tag)
     assert version is not None  # callers keep only tags that parse
-    # Two tags can be the same version (v1.2.3, 1.2.3, 1.2 and 1.2.0): the name breaks the tie
-    # so the order never depends on the order of the listing.
-    return version, tag
+    pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.prerelease)
+    return version.major, version.minor, version.patch, 0 if pre else 1, pre, tag
+
+
+@lru_cache(maxsize=65536)
+def _in_range(expression: str, tag: str) -> bool:
+    # Cached per (range, tag): a daemon filters the same listing pass after pass, and
+    # NpmSpec.match costs about 15 µs.
+    return bool(_spec(expression).match(parse_version(tag)))
+
+
+def _any_regex(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether any of ``patterns`` is found in a tag; one pattern skips the ``any`` loop."""
+    compiled = [_regex(p) for p in patterns]
+    if len(compiled) == 1:
+        search = compiled[0].search
+        return lambda tag: search(tag) is not None
+    return lambda tag: any(r.search(tag) for r in compiled)
 
 
 def select_tags(tags: Iterable[str], f: TagFilter) -> list[str]:
@@ -150,17 +176,17 @@ def select_tags(tags: Iterable[str], f: TagFilter) -> list[str]:
     if f.names:
         chosen &= set(f.names)
     if f.include:
-        includes = [_regex(p) for p in f.include]
-        chosen = {t for t in chosen if any(r.search(t) for r in includes)}
+        includes = _any_regex(f.include)
+        chosen = {t for t in chosen if includes(t)}
     if f.exclude:
-        excludes = [_regex(p) for p in f.exclude]
-        chosen = {t for t in chosen if not any(r.search(t) for r in excludes)}
+        excludes = _any_regex(f.exclude)
+        chosen = {t for t in chosen if not excludes(t)}
     if f.semver is None and f.newest is None:
         return sorted(chosen)
     versioned = sorted((t for t in chosen if parse_version(t) is not None), key=_version_key)
     if f.semver is not None:
-        spec = _spec(f.semver)
-        versioned = [t for t in versioned if spec.match(parse_version(t))]
+        expression = f.semver
+        versioned = [t for t in versioned if _in_range(expression, t)]
     if f.newest is not None:
         versioned = versioned[-f.newest :] if f.newest > 0 else []
     return versioned

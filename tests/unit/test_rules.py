@@ -440,3 +440,25 @@ def test_rules_is_pure() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "aiohttp", "yaml", "socket", "os", "subprocess"}
+
+
+def test_version_order_is_semver_precedence() -> None:
+    # the precedence example of semver.org §11, shuffled
+    ordered = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+        "1.0.1",
+        "1.10.0",
+        "2.0.0-0",
+        "2.0.0",
+    ]
+    shuffled = ordered[3:] + ordered[:3]
+    shuffled.reverse()
+    assert select_tags(shuffled, TagFilter(newest=len(ordered))) == ordered
+    assert ordered == sorted(ordered, key=parse_version)  # the same order as Version's
