@@ -359,7 +359,7 @@ def _v_repository(value: str) -> str:
 
 
 def _v_prefix(value: str) -> str:
-    stripped = value.strip("/") if value.endswith("/") else value
+    stripped = value.rstrip("/")  # the trailing "/" is optional; a leading one is an error
     if not stripped:
         return value
     try:
