@@ -113,6 +113,22 @@ def parse_oci_errors(body: bytes) -> tuple[OCIErrorDetail, ...]:
         return (OCIErrorDetail("", text),) if text else ()
 
 
+# OpenSSL alert names a server sends when it wants a (valid) client certificate.
+_CLIENT_CERT_ALERTS = ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "UNKNOWN_CA", "HANDSHAKE_FAILURE")
+
+
+def _tls_alert(e: BaseException) -> str | None:
+    """The OpenSSL reason (e.g. ``SSLV3_ALERT_BAD_CERTIFICATE``) behind a connection error."""
+    seen: BaseException | None = e
+    for _ in range(5):  # a short cause chain; bounded against cycles
+        if seen is None:
+            return None
+        if isinstance(seen, ssl_module.SSLError):
+            return str(seen.reason or seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     if value is None:
@@ -395,6 +411,17 @@ class Transport:
             )
         if isinstance(e, aiohttp.ClientSSLError):
             return TLSError(f"TLS handshake with {self.host} failed: {e}", **where)  # type: ignore[arg-type]
+        alert = _tls_alert(e)
+        if alert is not None:
+            # The server ended the handshake after seeing (or missing) our certificate;
+            # with TLS 1.3 that surfaces on the first read, as a plain OSError.
+            hint = ""
+            if any(word in alert for word in _CLIENT_CERT_ALERTS):
+                hint = (
+                    ": the registry refused the client certificate (or none was sent; "
+                    "set client_cert/client_key)"
+                )
+            return TLSError(f"TLS handshake with {self.host} failed: {alert}{hint}", **where)  # type: ignore[arg-type]
         if isinstance(e, TimeoutError):
             return NetworkError(f"timed out talking to {self.host}", **where)  # type: ignore[arg-type]
         if isinstance(e, aiohttp.ClientConnectorError):

@@ -131,6 +131,7 @@ Grant = tuple[str, str]
 DEFAULT_ACL: dict[str, list[Grant]] = {
     "reader": [("repository:*", "pull")],
     "writer": [("repository:*", "pull,push"), ("registry:catalog", "*")],
+    "admin": [("repository:*", "*"), ("registry:catalog", "*")],
     # The anonymous user: public repositories only.
     "": [("repository:public/*", "pull")],
 }
@@ -277,6 +278,14 @@ class TokenIssuer:
         with self._lock:
             reqs = list(self.requests)
         return sum(all(getattr(r, k) == v for k, v in match.items()) for r in reqs)
+
+    def issue_refresh_token(self, account: str) -> str:
+        """A refresh token for ``account``, as ``docker login`` stores an identity token."""
+        return self._new_refresh(account)
+
+    def seed_token(self, repository: str) -> str:
+        """A token with every right on one repository, for seeding test images."""
+        return self.mint("admin", [f"repository:{repository}:pull,push"])
 
     def revoke_refresh_tokens(self) -> None:
         with self._lock:
