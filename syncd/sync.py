@@ -18,6 +18,7 @@ from syncd.copy import CopyEngine, Endpoint, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, failure_reason
 from syncd.manifest import Descriptor
 from syncd.metrics import Metrics
+from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.pool import ClientPool
 from syncd.rules import (
     is_glob,
@@ -41,11 +42,13 @@ class PlanEntry:
     source_digest: str
     digest: str
     target: str
-    action: str  # up_to_date | copy | overwrite_refused | filtered | failed | immutable
+    # up_to_date | copy | overwrite_refused | filtered | failed | immutable | referrer | unsigned
+    action: str
     missing_blobs: list[Descriptor] = field(default_factory=list)
     missing_manifests: int = 0
     filtered_index: bool = False
     error: str = ""
+    referrer_type: str = ""  # action "referrer": the artifactType of what would be copied
 
     @property
     def missing_bytes(self) -> int:
@@ -91,6 +94,7 @@ class _Job:
     repository: str
     tag: str
     targets: tuple[tuple[str, str], ...]  # (registry name, target repository)
+    referrer_tags: frozenset[str] = frozenset()  # sha256-<hex>[.sig|.att|.sbom] of the repo
 
 
 class Syncer:
@@ -110,6 +114,7 @@ class Syncer:
         self.engine = engine
         self.metrics = metrics
         self.track_target_bytes = track_target_bytes
+        self.referrers = ReferrerSync(engine, metrics)
         # (target, repository) -> (rule, tag) -> {blob digest: size}; for syncd_target_bytes
         self._kept: dict[tuple[str, str], dict[tuple[str, str], dict[str, int]]] = {}
         # Called after each image of a pass (the CLI's progress display).
@@ -241,7 +246,10 @@ class Syncer:
                 repo,
                 extra={"rule": rule.name, "repository": repo, "event": "empty_repository"},
             )
-        tags = select_tags(all_tags, rule.tags)
+        # Referrer tags travel with their subject (syncd/referrers.py), not as images.
+        referrer_tags = frozenset(t for t in all_tags if is_referrer_tag(t))
+        listed = [t for t in all_tags if t not in referrer_tags] if rule.referrers else all_tags
+        tags = select_tags(listed, rule.tags)
         if rule.tags.names:
             # An explicitly named tag that the source lacks is an error, not a filter.
             present = set(all_tags)
@@ -252,7 +260,7 @@ class Syncer:
                 )
         if dry_run:
             chosen = set(tags)
-            for t in all_tags:
+            for t in listed:
                 if t not in chosen:
                     result.plan.append(
                         PlanEntry(rule.name, f"{source_name}/{repo}", t, "", "", "", "filtered")
@@ -285,7 +293,7 @@ class Syncer:
                             )
                         )
                 continue
-            yield _Job(repo, tag, wanted)
+            yield _Job(repo, tag, wanted, referrer_tags)
 
     # -- one image -----------------------------------------------------------------------------
     async def _run_job(
@@ -301,11 +309,61 @@ class Syncer:
             )
             for name, trepo in job.targets
         ]
+        # -- referrers (syncd/referrers.py): signature gate before the copy, artifacts after
+        refs = self.referrers.for_job(rule, source, job.referrer_tags)
+        head = await refs.resolve(job.tag) if refs.active else None
+        if head is not None and rule.require_signature:
+            unsigned = await refs.unsigned(job.tag, head.digest)
+            if unsigned is not None:
+                if dry_run:
+                    for name, trepo in job.targets:
+                        result.plan.append(
+                            PlanEntry(
+                                rule.name,
+                                str(source),
+                                job.tag,
+                                head.digest,
+                                head.digest,
+                                f"{name}/{trepo}",
+                                "unsigned",
+                                error=str(unsigned),
+                            )
+                        )
+                    result.failed += 1
+                else:
+                    self._record_failure(
+                        rule, result, f"{source}:{job.tag}", unsigned, [t for t, _ in job.targets]
+                    )
+                return
         image = await self.engine.copy_image(
-            source, job.tag, specs, platforms=rule.platforms, dry_run=dry_run
+            source,
+            job.tag,
+            specs,
+            platforms=rule.platforms,
+            source_digest=head.digest if head else None,
+            dry_run=dry_run,
         )
+        planned: list[PlanEntry] = []
+        if head is not None and rule.referrers and image.error is None:
+            carried = await refs.carry(head, image, specs, dry_run=dry_run)
+            result.referrers_copied += carried.copied
+            for r, target in carried.planned:
+                planned.append(
+                    PlanEntry(
+                        rule.name,
+                        str(source),
+                        job.tag,
+                        r.subject,
+                        r.digest,
+                        target,
+                        "referrer",
+                        referrer_type=r.artifact_type,
+                    )
+                )
+        # -- end referrers
         if dry_run:
             await self._plan_entries(rule, source, job, image, specs, result)
+            result.plan.extend(planned)
             return
         self._account(rule, job, image, result)
         if self.progress:

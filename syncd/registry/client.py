@@ -17,7 +17,7 @@ import aiohttp
 
 from syncd.digest import digest_of
 from syncd.errors import DigestMismatchError, ServerError
-from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
 from syncd.registry.auth import repository_scope
 from syncd.registry.transport import BodyFactory, Request, Response, Transport, redact_url
 
@@ -272,8 +272,24 @@ class RegistryClient:
             )
         )
 
-    async def upload_patch(self, repository: str, location: str, offset: int, chunk: bytes) -> str:
-        """Send one chunk at ``offset``; returns the location for the next one."""
+    async def upload_patch(
+        self,
+        repository: str,
+        location: str,
+        offset: int,
+        chunk: bytes | BodyFactory,
+        *,
+        length: int | None = None,
+    ) -> str:
+        """Send one chunk at ``offset``; returns the location for the next one.
+
+        ``chunk`` is bytes or a streamed body factory of ``length`` bytes. Never retried
+        here: a PATCH that broke part-way may have left bytes in the session, so only the
+        copy engine, after asking ``upload_status``, knows where to go on.
+        """
+        size = len(chunk) if isinstance(chunk, bytes) else length
+        if size is None:
+            raise ValueError("a streamed chunk needs its length")
         resp = await self._send(
             Request(
                 "PATCH",
@@ -281,14 +297,14 @@ class RegistryClient:
                 repository=repository,
                 headers={
                     "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
-                    "Content-Length": str(len(chunk)),
+                    "Content-Range": f"{offset}-{offset + size - 1}",
+                    "Content-Length": str(size),
                 },
                 body=chunk,
                 expect=(202,),
                 scopes=(repository_scope(repository, "pull,push"),),
                 retry=False,
-                timeout=_blob_timeout(len(chunk)),
+                timeout=_blob_timeout(size),
             )
         )
         return self._location(resp)
@@ -371,6 +387,79 @@ class RegistryClient:
     async def catalog(self) -> list[str]:
         """Every repository of the registry, through ``_catalog`` pagination."""
         return await self._paginate("/v2/_catalog", "repositories", "", "registry:catalog:*")
+
+    # -- referrers ---------------------------------------------------------------------
+    async def referrers(
+        self, repository: str, digest: str, artifact_type: str | None = None
+    ) -> Manifest | None:
+        """The OCI 1.1 referrers of ``digest`` as one index, or None without the API.
+
+        ``GET /v2/<name>/referrers/<digest>`` (distribution-spec 1.1 "Listing Referrers").
+        A registry that implements it must not answer 404, so a 404 means "no referrers
+        API here" and the caller falls back on the referrers tag schema. Pages (``Link``
+        ``rel="next"``) are merged into one index. With ``artifact_type`` the filter is
+        asked of the server; a server that did not apply it (no ``artifactType`` in
+        ``OCI-Filters-Applied``) is filtered here, so the answer is the same either way.
+        """
+        path = f"/v2/{repository}/referrers/{digest}"
+        query: tuple[tuple[str, str], ...] = (
+            (("artifactType", artifact_type),) if artifact_type else ()
+        )
+        entries: list[object] = []
+        pages: list[Manifest] = []
+        filtered_here = False
+        for page in range(_MAX_PAGES):
+            resp = await self._send(
+                Request(
+                    "GET",
+                    path,
+                    repository=repository,
+                    query=query,
+                    headers={"Accept": OCI_INDEX},
+                    # Only the first page may say "no API"; a later 404 is a broken server.
+                    absent=(404,) if page == 0 else (),
+                    scopes=(repository_scope(repository, "pull"),),
+                    max_body=MAX_MANIFEST_BYTES,
+                )
+            )
+            if resp.status == 404:
+                return None
+            where = f"{self.name}/{repository} referrers of {digest}"
+            index = parse_manifest(resp.body, OCI_INDEX, where=where)
+            if not index.is_index:
+                raise ServerError(
+                    f"referrers answer is {index.media_type}, not an index",
+                    registry=self.name,
+                    repository=repository,
+                )
+            pages.append(index)
+            applied = resp.headers.get("OCI-Filters-Applied", "")
+            if artifact_type and "artifacttype" not in applied.lower().replace(" ", ""):
+                filtered_here = True
+            entries.extend(json.loads(index.raw).get("manifests") or [])
+            link = _LINK_RE.search(resp.headers.get("Link", ""))
+            if not link:
+                break
+            parts = urlsplit(link.group(1))
+            # The link carries its own query (the filter, a cursor); ours is dropped.
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            query = ()
+        else:
+            raise ServerError(
+                f"referrers listing exceeded {_MAX_PAGES} pages",
+                registry=self.name,
+                repository=repository,
+            )
+        if len(pages) == 1 and not filtered_here:
+            return pages[0]
+        if filtered_here:
+            entries = [
+                e for e in entries if isinstance(e, dict) and e.get("artifactType") == artifact_type
+            ]
+        raw = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=2
+        ).encode()
+        return parse_manifest(raw, OCI_INDEX, where=f"{self.name}/{repository} referrers")
 
 
 def _with_attempts(req: Request, attempts: int) -> Request:

@@ -87,7 +87,9 @@ async def test_noop_costs_one_head_per_tag_per_registry(source: Registry, target
     assert result.skipped == 2
     s, t = source.counts(smark, UA), target.counts(tmark, UA)
     assert s["manifest_head"] == 2 and s["tags_list"] == 1
-    assert sum(s.values()) - s["ping"] == 3
+    # Like the ping, once per registry and process: the referrers API probe (referrers.py).
+    assert s["referrers"] == 1
+    assert sum(s.values()) - s["ping"] - s["referrers"] == 3
     assert t["manifest_head"] == 2 and sum(t.values()) - t["ping"] == 2
 
 

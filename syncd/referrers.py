@@ -1,0 +1,532 @@
+"""Referrers: the signatures, SBOMs and attestations that refer to an image travel with it.
+
+Three places say what refers to a digest at the source, tried in this order:
+
+1. the OCI 1.1 referrers API (``GET /v2/<name>/referrers/<digest>``), where the registry
+   has it;
+2. without the API, the referrers tag schema of image-spec 1.1: a tag ``sha256-<hex>``
+   holding an index of the referrers' descriptors (what OCI 1.1 clients such as oras,
+   notation and cosign maintain against registries without the API);
+3. cosign's legacy tags ``sha256-<hex>.sig``, ``.att`` and ``.sbom`` (always looked at).
+
+Whether a registry has the API is asked once per registry and remembered. For a registry
+without it, the fallback and cosign tags are found in the repository's tag list, which a
+pass fetches anyway, so an image nothing refers to costs no request at all.
+
+Referrers are copied after the image, by digest (cosign's by their tag), with their digests
+unchanged, recursively up to ``MAX_DEPTH`` (a signature of an SBOM of the image). At a
+target without the API the ``sha256-<hex>`` index is kept up to date there: descriptors are
+merged in, none twice, entries already there are kept. At a target with the API, pushing
+the manifest, which carries ``subject``, is all it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.config.schema import RuleConfig
+from syncd.copy import CopyEngine, Endpoint, ImageResult, TargetSpec
+from syncd.errors import SyncdError, UnsignedImageError
+from syncd.manifest import INDEX_TYPES, OCI_INDEX, Manifest, parse_manifest
+from syncd.metrics import Metrics
+from syncd.registry.client import ManifestInfo
+
+log = logging.getLogger(__name__)
+
+# Image -> SBOM -> signature of the SBOM -> ... ; deeper chains are not followed (and a
+# cycle, impossible with content addressing but cheap to rule out, stops at the bound too).
+MAX_DEPTH = 4
+
+# cosign's legacy tags carry no artifactType; these are the types syncd gives them, for
+# ``referrers_types`` and the signature gate. ``.sig`` and ``.sbom`` use the types cosign
+# itself writes when it stores them as OCI 1.1 referrers; ``.att`` holds DSSE envelopes.
+COSIGN_SIG_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+COSIGN_SBOM_TYPE = "application/vnd.dev.cosign.artifact.sbom.v1+json"
+COSIGN_ATT_TYPE = "application/vnd.dsse.envelope.v1+json"
+COSIGN_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("sig", COSIGN_SIG_TYPE),
+    ("att", COSIGN_ATT_TYPE),
+    ("sbom", COSIGN_SBOM_TYPE),
+)
+
+# Artifact types that make an image "signed" for ``require_signature``.
+SIGNATURE_TYPES = frozenset(
+    {
+        COSIGN_SIG_TYPE,
+        # cosign's simple-signing payload, when a signature manifest is listed by its layer type
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        # Notary Project (notation) signatures, and the name its drafts used
+        "application/vnd.cncf.notary.signature",
+        "application/vnd.cncf.notary.v2.signature",
+        # Sigstore bundles (cosign 2.x/3.x with the new bundle format)
+        "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "application/vnd.dev.sigstore.bundle+json;version=0.3",
+        "application/vnd.dev.sigstore.bundle+json;version=0.2",
+        "application/vnd.dev.sigstore.bundle+json;version=0.1",
+    }
+)
+_SIGSTORE_BUNDLE_PREFIX = "application/vnd.dev.sigstore.bundle"
+
+_REFERRER_TAG_RE = re.compile(r"^sha256-[0-9a-f]{64}(\.(sig|att|sbom))?$")
+
+
+def is_referrer_tag(tag: str) -> bool:
+    """True for ``sha256-<64 hex>`` and ``sha256-<64 hex>.{sig,att,sbom}`` tags.
+
+    Such tags travel with the image they name, so a rule does not also copy them as images.
+    """
+    return _REFERRER_TAG_RE.match(tag) is not None
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema's tag for ``digest``: ``sha256:ab..`` -> ``sha256-ab..``."""
+    algorithm, _, hexpart = digest.partition(":")
+    return f"{algorithm}-{hexpart}"
+
+
+def is_signature_type(artifact_type: str) -> bool:
+    """Whether an artifact of this type is a signature (see ``SIGNATURE_TYPES``)."""
+    return artifact_type in SIGNATURE_TYPES or artifact_type.startswith(_SIGSTORE_BUNDLE_PREFIX)
+
+
+def merge_fallback_index(
+    existing: Manifest | None, source_index: Manifest | None, entries: Sequence[dict[str, Any]]
+) -> bytes | None:
+    """The ``sha256-<hex>`` index a target should hold, or None if it already does.
+
+    Entries already at the target are kept (another tool may have put them there) and
+    none is added twice. With no index at the target and exactly the source's referrers
+    to list, the source's bytes are used, so the tag has the same digest on both sides.
+    """
+    wanted: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        wanted.setdefault(str(e["digest"]), e)
+    if existing is not None:
+        have = {c.digest for c in existing.children}
+        new = [e for d, e in wanted.items() if d not in have]
+        if not new:
+            return None
+        doc = json.loads(existing.raw)
+        doc["manifests"] = [*(doc.get("manifests") or []), *new]
+        return json.dumps(doc, indent=2).encode()
+    if source_index is not None and [c.digest for c in source_index.children] == list(wanted):
+        return source_index.raw
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(wanted.values())}
+    return json.dumps(doc, indent=2).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Referrer:
+    """One artifact that refers to ``subject``, as found at the source."""
+
+    subject: str
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str
+    depth: int = 1
+    # A cosign legacy tag travels as that tag; everything else by digest only.
+    tag: str = ""
+    # The descriptor exactly as the source listed it, for the target's fallback index.
+    entry: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def reference(self) -> str:
+        return self.tag or self.digest
+
+
+@dataclass(slots=True)
+class Carried:
+    """What ``SourceReferrers.carry`` did for one image."""
+
+    copied: int = 0
+    # (referrer, "target/repository") that a dry run would copy
+    planned: list[tuple[Referrer, str]] = field(default_factory=list)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+
+
+class ReferrerSync:
+    """Carries referrers for one ``Syncer``; remembers which registries have the API."""
+
+    def __init__(self, engine: CopyEngine, metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        # registry name -> whether it answers the referrers API
+        self._api: dict[str, bool] = {}
+        self._probe = asyncio.Lock()
+
+    def for_job(self, rule: RuleConfig, source: Endpoint, tags: Collection[str]) -> SourceReferrers:
+        """A view of one source repository for one job (one tag), with its own memo."""
+        return SourceReferrers(self, rule, source, tags)
+
+    async def has_api(self, endpoint: Endpoint, digest: str) -> tuple[bool, Manifest | None]:
+        """Whether the registry has the referrers API, asked once per registry.
+
+        The first question is a real one (the referrers of ``digest``, which must exist in
+        the repository: a registry with the API may answer 404 for an unknown repository),
+        and its answer is returned so the caller need not ask again.
+        """
+        name = endpoint.client.name
+        known = self._api.get(name)
+        if known is not None:
+            return known, None
+        async with self._probe:
+            known = self._api.get(name)
+            if known is not None:
+                return known, None
+            index = await endpoint.client.referrers(endpoint.repository, digest)
+            self._api[name] = index is not None
+            log.info(
+                "%s %s the OCI referrers API",
+                name,
+                "has" if index is not None else "lacks (using the referrers tag schema)",
+                extra={"registry": name, "event": "referrers_api", "api": index is not None},
+            )
+            return index is not None, index
+
+
+class SourceReferrers:
+    """What refers to what in one source repository, each question asked at most once."""
+
+    def __init__(
+        self, sync: ReferrerSync, rule: RuleConfig, source: Endpoint, tags: Collection[str]
+    ) -> None:
+        self.sync = sync
+        self.rule = rule
+        self.source = source
+        # Only the referrer-shaped tags matter here; the caller passes those (or all).
+        self.tags = frozenset(t for t in tags if is_referrer_tag(t))
+        self._levels: dict[str, tuple[list[Referrer], Manifest | None]] = {}
+        # The answer of the once-per-registry API probe, when this job made it.
+        self._probed: dict[str, Manifest] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.rule.referrers or self.rule.require_signature
+
+    async def resolve(self, reference: str) -> ManifestInfo | None:
+        """The source's HEAD of ``reference``, or None on failure (the copy reports it)."""
+        try:
+            return await self.source.client.manifest_head(self.source.repository, reference)
+        except SyncdError:
+            return None
+
+    # -- discovery -----------------------------------------------------------------------
+    async def level(self, subject: str, depth: int = 1) -> tuple[list[Referrer], Manifest | None]:
+        """The direct referrers of ``subject`` (unfiltered) and the source's fallback index."""
+        memo = self._levels.get(subject)
+        if memo is not None:
+            return memo
+        src = self.source
+        api = await self._source_api(subject)
+        fallback: Manifest | None = None
+        if api:
+            index = self._probed.pop(subject, None)
+            if index is None:
+                # One type asked for: let the server filter (the client re-checks).
+                only = self.rule.referrers_types
+                wanted = only[0] if len(only) == 1 and not self.rule.require_signature else None
+                index = await src.client.referrers(src.repository, subject, wanted)
+        else:
+            index = None
+            tag = fallback_tag(subject)
+            if tag in self.tags:
+                info = await src.client.manifest_head(src.repository, tag)
+                if info is not None and info.media_type in INDEX_TYPES | {""}:
+                    fallback = index = await self.sync.engine.manifest(src, info.digest)
+        found: list[Referrer] = []
+        if index is not None:
+            raw_entries = json.loads(index.raw).get("manifests") or []
+            for desc, entry in zip(index.children, raw_entries, strict=False):
+                if desc.digest == subject:
+                    continue
+                artifact_type = desc.artifact_type
+                if not artifact_type:
+                    # Listed without its type: the manifest says (the copy fetches it anyway).
+                    artifact_type = (
+                        await self.sync.engine.manifest(src, desc.digest)
+                    ).artifact_type
+                found.append(
+                    Referrer(
+                        subject,
+                        desc.digest,
+                        desc.media_type,
+                        desc.size,
+                        artifact_type,
+                        depth,
+                        entry=entry if isinstance(entry, dict) else {},
+                    )
+                )
+        for suffix, artifact_type in COSIGN_SUFFIXES:
+            tag = f"{fallback_tag(subject)}.{suffix}"
+            if tag not in self.tags:
+                continue
+            info = await src.client.manifest_head(src.repository, tag)
+            if info is not None:
+                found.append(
+                    Referrer(
+                        subject,
+                        info.digest,
+                        info.media_type,
+                        info.size,
+                        artifact_type,
+                        depth,
+                        tag=tag,
+                    )
+                )
+        self._levels[subject] = (found, fallback)
+        return found, fallback
+
+    async def _source_api(self, digest: str) -> bool:
+        api, index = await self.sync.has_api(self.source, digest)
+        if index is not None:
+            self._probed[digest] = index
+        return api
+
+    def _wanted(self, r: Referrer) -> bool:
+        types = self.rule.referrers_types
+        return not types or r.artifact_type in types
+
+    async def tree(self, subjects: Sequence[str]) -> tuple[list[Referrer], dict[str, Manifest]]:
+        """Every wanted referrer of ``subjects``, parents before their own referrers."""
+        out: list[Referrer] = []
+        taken: set[tuple[str, str]] = set()
+        indexes: dict[str, Manifest] = {}
+        seen = set(subjects)
+        frontier = list(subjects)
+        for depth in range(1, MAX_DEPTH + 1):
+            following: list[str] = []
+            for subject in frontier:
+                found, fallback = await self.level(subject, depth)
+                if fallback is not None:
+                    indexes[subject] = fallback
+                for r in found:
+                    if not self._wanted(r) or (r.digest, r.tag) in taken:
+                        continue
+                    taken.add((r.digest, r.tag))
+                    out.append(r)
+                    if r.digest not in seen:
+                        seen.add(r.digest)
+                        following.append(r.digest)
+            frontier = following
+            if not frontier:
+                break
+        return out, indexes
+
+    async def unsigned(self, reference: str, digest: str) -> SyncdError | None:
+        """None if a signature refers to ``digest`` at the source, else the error to report."""
+        if f"{fallback_tag(digest)}.sig" in self.tags:
+            return None
+        try:
+            found, _ = await self.level(digest)
+        except SyncdError as e:
+            return e
+        if any(is_signature_type(r.artifact_type) for r in found):
+            return None
+        return UnsignedImageError(
+            f"{self.source}:{reference} ({digest}): no signature refers to it at the source"
+            " (require_signature)"
+        )
+
+    async def subjects(self, head: ManifestInfo, image: ImageResult) -> list[str]:
+        """The digests whose referrers go with this image: it and its index's children."""
+        if not await self._source_api(head.digest) and not self.tags:
+            return []  # no API and no referrer tag in the repository: nothing to find
+        out: list[str] = []
+        # A platform-filtered index is a new digest at the target: its source referrers
+        # would refer to nothing there, so only the (unchanged) children's go.
+        if image.digest == head.digest:
+            out.append(head.digest)
+        if head.media_type in INDEX_TYPES or image.digest != head.digest:
+            m = image.manifest or await self.sync.engine.desired(
+                self.source, head.digest, self.rule.platforms
+            )
+            out.extend(c.digest for c in m.children)
+        return out
+
+    # -- copying -------------------------------------------------------------------------
+    async def carry(
+        self,
+        head: ManifestInfo,
+        image: ImageResult,
+        specs: Sequence[TargetSpec],
+        *,
+        dry_run: bool = False,
+    ) -> Carried:
+        """Copy every wanted referrer of the image to the targets the image is good at.
+
+        A failure marks the image failed at that target (its outcome), so the pass reports
+        it and the next pass, finding the image up to date, tries the referrers again.
+        """
+        carried = Carried()
+        live = [
+            spec.endpoint
+            for spec, o in zip(specs, image.outcomes, strict=True)
+            if o.action != "failed"
+        ]
+        if not live:
+            return carried
+        try:
+            subjects = await self.subjects(head, image)
+            referrers, indexes = await self.tree(subjects) if subjects else ([], {})
+        except SyncdError as e:
+            for t in live:
+                carried.errors[str(t)] = e
+            self._mark(image, carried)
+            return carried
+        if not referrers:
+            return carried
+        present: dict[str, set[str]] = {str(t): set() for t in live}
+        same: dict[str, set[str]] = {str(t): set() for t in live}
+        api: dict[str, bool] = {}
+        if not dry_run:
+            for t in list(live):
+                try:
+                    api[str(t)], _ = await self.sync.has_api(t, image.digest)
+                    if not api[str(t)]:
+                        same[str(t)] = await self._same_index(t, indexes, present[str(t)])
+                except SyncdError as e:
+                    carried.errors[str(t)] = e
+                    live.remove(t)
+        for r in referrers:
+            need = [t for t in live if r.digest not in present[str(t)] or r.tag]
+            if not need:
+                continue
+            result = await self.sync.engine.copy_image(
+                self.source,
+                r.reference,
+                [TargetSpec(t, r.tag or None) for t in need],
+                source_digest=r.digest,
+                dry_run=dry_run,
+            )
+            if result.error is not None:
+                for t in need:
+                    carried.errors.setdefault(str(t), result.error)
+                continue
+            for t, o in zip(need, result.outcomes, strict=True):
+                if o.action == "failed":
+                    assert o.error is not None
+                    carried.errors.setdefault(str(t), o.error)
+                    continue
+                present[str(t)].add(r.digest)
+                if o.action == "copy":
+                    carried.planned.append((r, str(t)))
+                elif o.action == "copied":
+                    carried.copied += 1
+                    if self.sync.metrics:
+                        self.sync.metrics.referrers_copied.labels(target=t.client.name).inc()
+                    log.info(
+                        "copied referrer %s (%s) of %s to %s",
+                        r.reference,
+                        r.artifact_type or r.media_type,
+                        r.subject,
+                        t,
+                        extra={
+                            "event": "referrer_copy",
+                            "rule": self.rule.name,
+                            "source": str(self.source),
+                            "target": str(t),
+                            "digest": r.digest,
+                            "subject": r.subject,
+                            "artifact_type": r.artifact_type,
+                        },
+                    )
+        if not dry_run:
+            for t in live:
+                if api.get(str(t)):
+                    continue  # the target lists referrers itself, from their subject field
+                try:
+                    await self._update_index(t, referrers, indexes, present[str(t)], same[str(t)])
+                except SyncdError as e:
+                    carried.errors.setdefault(str(t), e)
+        self._mark(image, carried)
+        return carried
+
+    async def _same_index(
+        self, t: Endpoint, indexes: dict[str, Manifest], present: set[str]
+    ) -> set[str]:
+        """Where the target's fallback index is the source's, its entries are there already.
+
+        (The registry refuses an index whose entries it lacks.) One HEAD per subject then
+        replaces one HEAD per referrer: what makes a pass over unchanged images cheap.
+        """
+        same: set[str] = set()
+        for subject, index in indexes.items():
+            info = await t.client.manifest_head(t.repository, fallback_tag(subject))
+            if info is not None and info.digest == index.digest:
+                present.update(c.digest for c in index.children)
+                same.add(subject)
+        return same
+
+    async def _update_index(
+        self,
+        t: Endpoint,
+        referrers: Sequence[Referrer],
+        indexes: dict[str, Manifest],
+        present: set[str],
+        same: set[str],
+    ) -> None:
+        """Merge the referrers present at ``t`` into its ``sha256-<hex>`` index per subject.
+
+        ``same``: subjects whose index at ``t`` is already the source's (nothing to do).
+        """
+        by_subject: dict[str, list[dict[str, Any]]] = {}
+        for r in referrers:
+            if r.tag or r.digest not in present:
+                continue
+            entry = r.entry or _entry(r)
+            by_subject.setdefault(r.subject, []).append(entry)
+        for subject, entries in by_subject.items():
+            if subject in same:
+                continue
+            tag = fallback_tag(subject)
+            source_index = indexes.get(subject)
+            info = await t.client.manifest_head(t.repository, tag)
+            if source_index is not None and info is not None and info.digest == source_index.digest:
+                continue
+            existing = await self.sync.engine.manifest(t, info.digest) if info else None
+            if existing is not None and not existing.is_index:
+                log.warning(
+                    "%s:%s is not an index; not maintaining referrers there",
+                    t,
+                    tag,
+                    extra={"event": "referrers_index", "target": str(t)},
+                )
+                continue
+            raw = merge_fallback_index(existing, source_index, entries)
+            if raw is None:
+                continue
+            m = parse_manifest(raw, OCI_INDEX, where=f"{t}:{tag}")
+            # Two jobs of one digest may merge at once; both add the same entries, so the
+            # later PUT loses nothing the earlier one wrote.
+            await t.client.manifest_put(t.repository, tag, m.raw, m.media_type)
+            if self.sync.engine.metrics:
+                self.sync.engine.metrics.manifest_pushes.labels(
+                    target=t.client.name, repository=t.repository
+                ).inc()
+            log.info(
+                "updated referrers index %s:%s (%d entries)",
+                t,
+                tag,
+                len(m.children),
+                extra={"event": "referrers_index", "target": str(t), "subject": subject},
+            )
+
+    def _mark(self, image: ImageResult, carried: Carried) -> None:
+        for o in image.outcomes:
+            err = carried.errors.get(f"{o.target}/{o.repository}")
+            if err is not None and o.action != "failed":
+                o.action, o.error = "failed", err
+
+
+def _entry(r: Referrer) -> dict[str, Any]:
+    entry: dict[str, Any] = {"mediaType": r.media_type, "digest": r.digest, "size": r.size}
+    if r.artifact_type:
+        entry["artifactType"] = r.artifact_type
+    return entry

@@ -1,0 +1,131 @@
+"""Referrers travel with their image, against real registries without the referrers API.
+
+The source is seeded the way OCI 1.1 clients (oras, notation, cosign 2 in OCI 1.1 mode) and
+cosign's legacy mode write to a registry without the API: artifacts with ``subject`` pushed
+by digest plus the ``sha256-<hex>`` index tag, and ``sha256-<hex>.sig`` tags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from syncd.config.schema import TagFilter
+from syncd.metrics import Metrics
+from tests.helpers.images import Image, Index, image, multiarch, push
+from tests.helpers.registry import Registry, manifest_raw, tags
+from tests.referrers.conftest import (
+    NOTARY_TYPE,
+    SBOM_TYPE,
+    SIGSTORE_TYPE,
+    artifact,
+    attach,
+    cosign_signature,
+    fallback_tag,
+    make_config,
+    sync,
+)
+
+UA = "syncd/"
+REPO = "team/app"
+
+
+@dataclass
+class Seeded:
+    v1: Image
+    v2: Index
+    sbom: Image
+    notary: Image
+    cosign: Image
+    sbom_sig: Image
+    child_sig: Image
+
+    @property
+    def by_digest(self) -> list[Image]:
+        return [self.sbom, self.notary, self.sbom_sig, self.child_sig]
+
+
+def seed(src: Registry) -> Seeded:
+    v1 = image("ref-v1")
+    v2 = multiarch("ref-v2")
+    push(src.url, REPO, "v1", v1)
+    push(src.url, REPO, "v2", v2)
+    sbom = artifact(v1, SBOM_TYPE, '{"spdxVersion": "SPDX-2.3", "name": "v1"}')
+    notary = artifact(v1, NOTARY_TYPE, "notary-signature-of-v1")
+    sbom_sig = artifact(sbom, SIGSTORE_TYPE, "bundle-signing-the-sbom")
+    child = v2.children[1][0]
+    child_sig = artifact(child, NOTARY_TYPE, "notary-signature-of-arm64")
+    for art in (sbom, notary, sbom_sig, child_sig):
+        attach(src, REPO, art)
+    cosign = cosign_signature(src, REPO, v1, "v1")
+    return Seeded(v1, v2, sbom, notary, cosign, sbom_sig, child_sig)
+
+
+def listed(reg: Registry, subject: str) -> list[str]:
+    raw = manifest_raw(reg.url, REPO, fallback_tag(subject))
+    return [m["digest"] for m in json.loads(raw)["manifests"]] if raw else []
+
+
+async def test_every_referrer_arrives_with_its_digest_and_is_discoverable(
+    source: Registry, target: Registry
+) -> None:
+    s = seed(source)
+    metrics = Metrics()
+    result = await sync(make_config(source, [target], [REPO]), metrics)
+    assert result.ok, result.failures
+    # the referrer tags travelled with v1/v2, they were not copied as images of their own
+    assert result.synced == 2
+    assert result.referrers_copied == 5
+    assert metrics.referrers_copied.labels(target="t0")._value.get() == 5
+    for art in s.by_digest:
+        assert manifest_raw(target.url, REPO, art.digest) == art.raw
+    assert manifest_raw(target.url, REPO, fallback_tag(s.v1.digest) + ".sig") == s.cosign.raw
+    # discoverable through the referrers tag schema at the target, byte for byte the source's
+    for subject in (s.v1.digest, s.sbom.digest, s.v2.children[1][0].digest):
+        assert manifest_raw(target.url, REPO, fallback_tag(subject)) == manifest_raw(
+            source.url, REPO, fallback_tag(subject)
+        )
+    assert listed(target, s.v1.digest) == [s.sbom.digest, s.notary.digest]
+    assert listed(target, s.sbom.digest) == [s.sbom_sig.digest]
+    assert listed(target, s.v2.children[1][0].digest) == [s.child_sig.digest]
+    assert tags(target.url, REPO) == tags(source.url, REPO)
+
+    # a second pass copies nothing and writes nothing
+    smark, tmark = source.log_mark(), target.log_mark()
+    again = await sync(make_config(source, [target], [REPO]))
+    assert again.ok and again.referrers_copied == 0 and again.synced == 0
+    t = target.counts(tmark, UA)
+    assert t["manifest_put"] == t["upload_post"] == t["upload_put"] == 0
+    print("no-op pass requests: source", dict(source.counts(smark, UA)), "target", dict(t))
+
+    # a referrer added at the source later arrives on the next pass and is merged in
+    late = artifact(s.v1, "application/vnd.in-toto+json", '{"predicateType": "slsa"}')
+    attach(source, REPO, late)
+    third = await sync(make_config(source, [target], [REPO]))
+    assert third.ok and third.referrers_copied == 1
+    assert manifest_raw(target.url, REPO, late.digest) == late.raw
+    assert listed(target, s.v1.digest) == [s.sbom.digest, s.notary.digest, late.digest]
+
+
+async def test_referrers_false_copies_none(source: Registry, target: Registry) -> None:
+    s = seed(source)
+    cfg = make_config(
+        source, [target], [REPO], referrers=False, tags=TagFilter(include=(r"^v\d+$",))
+    )
+    result = await sync(cfg)
+    assert result.ok and result.synced == 2 and result.referrers_copied == 0
+    assert tags(target.url, REPO) == ["v1", "v2"]
+    for art in [*s.by_digest, s.cosign]:
+        assert manifest_raw(target.url, REPO, art.digest) is None
+
+
+async def test_referrers_types_restricts(source: Registry, target: Registry) -> None:
+    s = seed(source)
+    cfg = make_config(source, [target], [REPO], referrers_types=(SBOM_TYPE,))
+    result = await sync(cfg)
+    assert result.ok and result.referrers_copied == 1
+    assert manifest_raw(target.url, REPO, s.sbom.digest) == s.sbom.raw
+    for art in (s.notary, s.sbom_sig, s.child_sig, s.cosign):
+        assert manifest_raw(target.url, REPO, art.digest) is None
+    assert listed(target, s.v1.digest) == [s.sbom.digest]
+    assert fallback_tag(s.v1.digest) + ".sig" not in tags(target.url, REPO)
