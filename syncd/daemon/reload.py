@@ -76,10 +76,11 @@ class ConfigWatcher:
             except TimeoutError:
                 pass
             requested, self._requested = self._requested, False
-            current = await asyncio.to_thread(fingerprint, self._path)
             if requested:
                 await self.reload("signal")
-            elif current != self._seen and await self._settled(current):
+                continue
+            current = await asyncio.to_thread(fingerprint, self._path)
+            if current != self._seen and await self._settled(current):
                 await self.reload("file change")
 
     async def reload(self, trigger: str) -> bool:

@@ -140,7 +140,8 @@ async def test_first_pass_at_start_then_every_interval() -> None:
         assert sched.ready
     starts = [c.start for c in runner.of("a")]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert all(0.2 * (1 - JITTER) - 0.01 <= g <= 0.2 * (1 + JITTER) + 0.15 for g in gaps), gaps
+    # Never early; late only by event-loop scheduling (generous: the machine is shared).
+    assert all(0.2 * (1 - JITTER) - 0.01 <= g <= 0.2 * (1 + JITTER) + 0.5 for g in gaps), gaps
     assert all(c.repositories is None for c in runner.calls)
 
 
