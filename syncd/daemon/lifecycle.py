@@ -282,6 +282,7 @@ class Daemon:
                 )
             finally:
                 forced.cancel()
+                await asyncio.gather(forced, return_exceptions=True)
         if not scheduling.done():
             left = scheduler.running()
             logger.warning(
