@@ -9,23 +9,29 @@ nothing; the blob is in the target repository → skip; it is elsewhere in the t
 registry → mount; only then is it streamed, read once from the source and teed to every
 target that lacks it, with sha256 checked on the way and the last chunk held back until
 the digest is proven, so a corrupt blob is never committed.
+
+Blobs above ``chunked_threshold`` go up as PATCH chunks with the last chunk in the
+committing PUT. The hash state is kept at every chunk boundary, so an upload that breaks
+part-way resumes at the offset the registry reports (re-reading the source with a Range
+GET from the nearest checkpoint) and still verifies the whole blob before the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from syncd.digest import DigestVerifier
 from syncd.errors import (
+    DigestMismatchError,
     ManifestInvalidError,
     NotFoundError,
     OverwriteRefusedError,
@@ -45,6 +51,11 @@ QUEUE_DEPTH = 4
 # passes, which is what makes no-op passes and cross-repository mounts cheap).
 MAX_LOCATIONS = 200_000
 MAX_MANIFESTS = 8_192
+# Blobs above this go up in PATCH chunks, so an upload that breaks part-way resumes where
+# the registry says it stopped; smaller ones take the fewest requests (POST + one PUT).
+CHUNKED_THRESHOLD = 32 * 1024 * 1024
+# 16 MiB: few requests per blob for a busy target, little to redo if a chunk is lost.
+UPLOAD_CHUNK = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +160,16 @@ def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
 class CopyEngine:
     """Copies images; remembers, per target registry, where blobs already live."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        *,
+        chunked_threshold: int = CHUNKED_THRESHOLD,
+        chunk_size: int = UPLOAD_CHUNK,
+    ) -> None:
         self.metrics = metrics
+        self.chunked_threshold = chunked_threshold
+        self.chunk_size = chunk_size
         # (target registry, digest) -> a repository known to hold it
         self._locations: _LRU = _LRU(MAX_LOCATIONS)
         self._manifests: _LRU = _LRU(MAX_MANIFESTS)
@@ -517,7 +536,13 @@ class CopyEngine:
         uploads: list[tuple[Endpoint, str, asyncio.Future[str]]],
         counts: dict[Endpoint, _BlobCounts],
     ) -> None:
-        """Stream one source read to every upload, then retry failed targets one by one."""
+        """Stream one source read to every upload, then resume or redo the failed ones.
+
+        A chunked upload that broke is resumed from the offset the registry reports
+        (re-reading the source from the nearest hash checkpoint); one the registry will not
+        resume, and every monolithic one, starts a fresh session. Attempts are bounded:
+        ``retries`` failures in a row that gained no new acknowledged bytes end it.
+        """
         registry_futs: list[tuple[str, str]] = []
         for t, _, _ in uploads:
             reg_key = (t.client.name, blob.digest)
@@ -525,66 +550,162 @@ class CopyEngine:
                 self._uploading[reg_key] = asyncio.get_running_loop().create_future()
                 registry_futs.append(reg_key)
         try:
-            pending = [(t, loc) for t, loc, _ in uploads]
-            futs = {t: fut for t, _, fut in uploads}
+            chunked = blob.size > self.chunked_threshold
+            sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
+            # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
+            # what lets a resumed upload still verify the WHOLE blob.
+            checkpoints: dict[int, Any] = {}
+            if chunked:
+                checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
             attempts = max(1, source.client.transport.retries)
-            for attempt in range(1, attempts + 1):
-                errors = await self._tee(source, blob, pending)
-                retry: list[tuple[Endpoint, str]] = []
-                for (t, _), err in zip(pending, errors, strict=True):
-                    if err is None:
-                        self._remember(t, blob.digest)
-                        counts[t].copied += 1
-                        counts[t].bytes += blob.size
-                        if self.metrics:
-                            self.metrics.blobs_copied.labels(target=t.client.name).inc()
-                            self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(
-                                blob.size
-                            )
-                        futs[t].set_result("copied")
-                    elif isinstance(err, SyncdError) and err.retryable and attempt < attempts:
-                        retry.append((t, ""))
+            # Each batch is one source read: (sessions, offset the registry already holds).
+            batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
+            while batches:
+                failed: list[tuple[_Session, BaseException]] = []
+                for group, resume_at in batches:
+                    errors = await self._tee(
+                        source, blob, group, resume_at=resume_at, checkpoints=checkpoints
+                    )
+                    for s, err in zip(group, errors, strict=True):
+                        if err is None:
+                            self._copied(s.endpoint, blob, counts)
+                            s.future.set_result("copied")
+                        else:
+                            failed.append((s, err))
+                retry: list[_Session] = []
+                for s, err in failed:
+                    if s.acked > s.best:
+                        s.best = s.acked  # new bytes acknowledged: the budget starts over
+                        s.failures = 0
+                    s.failures += 1
+                    if isinstance(err, SyncdError) and err.retryable and s.failures < attempts:
+                        retry.append(s)
                     else:
-                        futs[t].set_exception(err)
+                        s.future.set_exception(err)
                 if not retry:
                     return
                 log.warning(
-                    "blob %s: upload to %d target(s) failed, retrying (attempt %d of %d)",
+                    "blob %s: upload to %d target(s) failed (%s), retrying",
                     blob.digest,
                     len(retry),
-                    attempt,
-                    attempts,
+                    "; ".join(str(err) for _, err in failed)[:300],
                     extra={"event": "retry", "digest": blob.digest},
                 )
-                for t, _ in retry:
+                for s in retry:
                     if source.client.transport.metrics:
-                        source.client.transport.metrics.retries.labels(registry=t.client.name).inc()
-                await asyncio.sleep(min(10.0, 0.25 * 2 ** (attempt - 1)))
-                fresh: list[tuple[Endpoint, str]] = []
-                for t, _ in retry:
+                        source.client.transport.metrics.retries.labels(
+                            registry=s.endpoint.client.name
+                        ).inc()
+                worst = max(s.failures for s in retry)
+                await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
+                batches = []
+                fresh: list[_Session] = []
+                for s in retry:
+                    at = await self._resume_point(s, blob, checkpoints)
+                    if at is not None:
+                        batches.append(([s], at))
+                        continue
                     try:
-                        fresh.append((t, await t.client.upload_start(t.repository)))
+                        s.location = await s.endpoint.client.upload_start(s.endpoint.repository)
                     except SyncdError as e:
-                        futs[t].set_exception(e)
-                pending = fresh
-                if not pending:
-                    return
+                        s.future.set_exception(e)
+                        continue
+                    s.acked = 0
+                    fresh.append(s)
+                if fresh:
+                    # Targets starting over still share one source read.
+                    batches.append((fresh, 0))
         finally:
             for reg_key in registry_futs:
                 fut = self._uploading.pop(reg_key)
                 fut.set_result("done")
 
-    async def _tee(
-        self, source: Endpoint, blob: Descriptor, uploads: Sequence[tuple[Endpoint, str]]
-    ) -> list[BaseException | None]:
-        """One GET from the source, streamed to every upload at once.
+    def _copied(self, t: Endpoint, blob: Descriptor, counts: dict[Endpoint, _BlobCounts]) -> None:
+        self._remember(t, blob.digest)
+        counts[t].copied += 1
+        counts[t].bytes += blob.size
+        if self.metrics:
+            self.metrics.blobs_copied.labels(target=t.client.name).inc()
+            self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(blob.size)
 
-        Returns one error (or None) per upload. A source failure fails all of them.
+    async def _resume_point(
+        self, s: _Session, blob: Descriptor, checkpoints: dict[int, Any]
+    ) -> int | None:
+        """The offset to resume ``s`` at, or None to start a fresh session.
+
+        Asks the registry (``GET`` on the upload URL, ``Range: 0-N``). CNCF distribution
+        2.8 refuses, and cancels, a session whose stored size no longer matches the offset
+        signed into its upload URL, which is what a break in the middle of a PATCH body
+        leaves behind (it keeps the partial bytes); then only a fresh session works. A
+        break before any body byte arrived (a dropped keep-alive connection, a registry
+        restarted between chunks) resumes.
         """
+        t = s.endpoint
+        if not s.chunked or s.acked == 0:
+            return None
+        try:
+            offset, location = await t.client.upload_status(t.repository, s.location)
+        except SyncdError as e:
+            log.info(
+                "blob %s: %s cannot resume its upload (%s); starting afresh",
+                blob.digest,
+                t,
+                e,
+                extra={"event": "upload_restart", "digest": blob.digest},
+            )
+            return None
+        # "0-0" means both 0 and 1 byte in distribution's answer; neither is worth resuming.
+        usable = offset > 1 and offset <= blob.size and any(k <= offset for k in checkpoints)
+        if not usable:
+            with contextlib.suppress(SyncdError):
+                await t.client.upload_cancel(t.repository, location)
+            return None
+        s.location = location
+        s.acked = offset
+        log.info(
+            "blob %s: resuming upload to %s at byte %d of %d",
+            blob.digest,
+            t,
+            offset,
+            blob.size,
+            extra={"event": "upload_resume", "digest": blob.digest},
+        )
+        return offset
+
+    def _pieces(self, chunk: bytes, offset: int, chunked: bool) -> list[bytes]:
+        """``chunk`` (starting at ``offset``) split so no piece crosses a chunk boundary."""
+        if not chunked:
+            return [chunk]
+        out = []
+        size = self.chunk_size
+        while chunk:
+            room = size - offset % size
+            out.append(chunk[:room])
+            chunk = chunk[room:]
+            offset += room
+        return out
+
+    async def _tee(
+        self,
+        source: Endpoint,
+        blob: Descriptor,
+        sessions: Sequence[_Session],
+        *,
+        resume_at: int = 0,
+        checkpoints: dict[int, Any],
+    ) -> list[BaseException | None]:
+        """One GET from the source, streamed to every session at once.
+
+        With ``resume_at`` the registry already holds that many bytes: the source is read
+        from the nearest checkpoint before it, those bytes are hashed but not sent. Returns
+        one error (or None) per session. A source failure fails all of them.
+        """
+        chunked = sessions[0].chunked
+        start = max(k for k in checkpoints if k <= resume_at) if resume_at else 0
         queues: list[asyncio.Queue[bytes | BaseException | None]] = [
-            asyncio.Queue(QUEUE_DEPTH) for _ in uploads
+            asyncio.Queue(QUEUE_DEPTH) for _ in sessions
         ]
-        dead = [False] * len(uploads)
+        dead = [False] * len(sessions)
 
         async def put_all(item: bytes | BaseException | None) -> None:
             for i, q in enumerate(queues):
@@ -592,18 +713,34 @@ class CopyEngine:
                     await q.put(item)
 
         async def produce() -> None:
-            verifier = DigestVerifier(blob.digest)
+            algorithm = blob.digest.partition(":")[0]
+            h = checkpoints[start].copy() if start else hashlib.new(algorithm)
+            offset = start
             try:
                 async with source.client.blob_get(
-                    source.repository, blob.digest, size=blob.size
+                    source.repository, blob.digest, size=blob.size, offset=start
                 ) as chunks:
                     held: bytes | None = None
                     async for chunk in chunks:
-                        verifier.update(chunk)
-                        if held is not None:
-                            await put_all(held)
-                        held = chunk
-                verifier.verify(f"{source}@{blob.digest}", expected_size=blob.size)
+                        for piece in self._pieces(chunk, offset, chunked):
+                            h.update(piece)
+                            begin, offset = offset, offset + len(piece)
+                            if chunked and offset % self.chunk_size == 0:
+                                checkpoints.setdefault(offset, h.copy())
+                            if offset <= resume_at:
+                                continue  # the registry has these bytes already
+                            if begin < resume_at:
+                                piece = piece[resume_at - begin :]
+                            if held is not None:
+                                await put_all(held)
+                            held = piece
+                actual = f"{algorithm}:{h.hexdigest()}"
+                if actual != blob.digest or offset != blob.size:
+                    raise DigestMismatchError(
+                        f"{source}@{blob.digest}",
+                        f"{blob.digest} ({blob.size} bytes)",
+                        f"{actual} ({offset} bytes)",
+                    )
                 # Only now, with the digest proven, may the last bytes go out: the
                 # target cannot commit an upload it has not received in full.
                 if held is not None:
@@ -614,29 +751,28 @@ class CopyEngine:
                     _force_put(q, e)
                 raise
 
-        def body(i: int) -> Any:
-            async def gen() -> AsyncIterator[bytes]:
-                while True:
-                    item = await queues[i].get()
-                    if item is None:
-                        return
-                    if isinstance(item, BaseException):
-                        raise _SourceFailed()
-                    yield item
-
-            return gen
-
         async def consume(i: int) -> None:
-            t, location = uploads[i]
+            s = sessions[i]
+            t = s.endpoint
+            pieces = _Pieces(queues[i])
             try:
-                await t.client.upload_put(t.repository, location, blob.digest, blob.size, body(i))
+                if s.chunked:
+                    await self._send_chunks(s, blob, pieces, resume_at)
+                else:
+                    await t.client.upload_put(
+                        t.repository,
+                        s.location,
+                        blob.digest,
+                        blob.size,
+                        pieces.body(blob.size),
+                    )
             except BaseException:
                 dead[i] = True
                 _drain(queues[i])
                 raise
 
         results = await asyncio.gather(
-            produce(), *(consume(i) for i in range(len(uploads))), return_exceptions=True
+            produce(), *(consume(i) for i in range(len(sessions))), return_exceptions=True
         )
         source_error = results[0]
         out: list[BaseException | None] = []
@@ -652,9 +788,76 @@ class CopyEngine:
                 raise r
         return out
 
+    async def _send_chunks(
+        self, s: _Session, blob: Descriptor, pieces: _Pieces, offset: int
+    ) -> None:
+        """PATCH chunk after chunk from ``offset``; the last chunk rides in the committing PUT.
+
+        ``s.acked`` advances only when the registry answers a PATCH, so after a failure it
+        is the last offset the registry is known to hold.
+        """
+        t = s.endpoint
+        while True:
+            boundary = (offset // self.chunk_size + 1) * self.chunk_size
+            if boundary >= blob.size:
+                n = blob.size - offset
+                if n == 0:
+                    await pieces.end()  # the digest is proven before the commit
+                await t.client.upload_put(
+                    t.repository,
+                    s.location,
+                    blob.digest,
+                    n,
+                    pieces.body(n) if n else None,
+                )
+                return
+            n = boundary - offset
+            s.location = await t.client.upload_patch(
+                t.repository, s.location, offset, pieces.body(n), length=n
+            )
+            offset = boundary
+            s.acked = offset
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    """One target's upload of one blob: where it is and what the registry acknowledged."""
+
+    endpoint: Endpoint
+    location: str
+    future: asyncio.Future[str]
+    chunked: bool
+    acked: int = 0  # end of the last PATCH the registry answered
+    best: int = 0  # the most ever acknowledged, so only real progress resets ``failures``
+    failures: int = 0  # failed attempts since the last progress
+
+
+class _Pieces:
+    """A consumer's view of its queue: exactly ``n`` bytes at a time, or an error."""
+
+    def __init__(self, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
+        self._queue = queue
+
+    async def take(self, n: int) -> AsyncIterator[bytes]:
+        left = n
+        while left > 0:
+            item = await self._queue.get()
+            if item is None or isinstance(item, BaseException) or len(item) > left:
+                raise _SourceFailed()
+            left -= len(item)
+            yield item
+
+    def body(self, n: int) -> Callable[[], AsyncIterator[bytes]]:
+        """A request body factory for the next ``n`` bytes (used once: not replayable)."""
+        return lambda: self.take(n)
+
+    async def end(self) -> None:
+        if await self._queue.get() is not None:
+            raise _SourceFailed()
+
 
 class _SourceFailed(Exception):
-    """Raised inside an upload body when the source stream failed; aborts that PUT."""
+    """Raised inside an upload body when the source stream failed; aborts that request."""
 
 
 def _drain(q: asyncio.Queue[Any]) -> None:
