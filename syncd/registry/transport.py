@@ -468,6 +468,9 @@ class Transport:
             scope_refused = challenge is not None and challenge.params.get("error") == (
                 "insufficient_scope"
             )
+            if not text and challenge is not None and challenge.realm:
+                # A HEAD has no body; the challenge at least tells what the registry wants.
+                text = f"{challenge.scheme.capitalize()} challenge, realm {challenge.realm!r}"
             if status == 401 and not scope_refused:
                 return AuthError(
                     f"authentication failed for {self.name} ({user})"
