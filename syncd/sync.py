@@ -246,9 +246,11 @@ class Syncer:
                 repo,
                 extra={"rule": rule.name, "repository": repo, "event": "empty_repository"},
             )
-        # Referrer tags travel with their subject (syncd/referrers.py), not as images.
+        # Referrer tags travel with their subject (syncd/referrers.py), not as images (nor
+        # are they gated as images); with both off they are tags like any other.
         referrer_tags = frozenset(t for t in all_tags if is_referrer_tag(t))
-        listed = [t for t in all_tags if t not in referrer_tags] if rule.referrers else all_tags
+        as_images = not (rule.referrers or rule.require_signature)
+        listed = all_tags if as_images else [t for t in all_tags if t not in referrer_tags]
         tags = select_tags(listed, rule.tags)
         if rule.tags.names:
             # An explicitly named tag that the source lacks is an error, not a filter.
