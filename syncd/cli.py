@@ -100,13 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--listen {text!r}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit ":PORT"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = args.config or os.environ.get("SYNCD_CONFIG")
@@ -217,9 +210,13 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
     metrics = Metrics()
     server = None
     if listen:
+        from syncd.daemon.lifecycle import parse_listen
         from syncd.server import HttpServer
 
-        host, port = _parse_listen(listen)
+        try:
+            host, port = parse_listen(listen)
+        except ValueError as e:
+            raise ConfigError(f"--listen: {e}") from None
         server = HttpServer(
             metrics=metrics,
             ready=lambda: True,

@@ -140,8 +140,6 @@ class Syncer:
         """One pass of one rule; ``repositories`` limits it (webhook-triggered passes)."""
         start = time.monotonic()
         result = RulePassResult(rule.name)
-        if self.metrics:
-            self.metrics.rule_interval.labels(rule=rule.name).set(rule.interval)
         source = self.pool.client(rule.source).with_retries(rule.retries)
         try:
             repos = await self._repositories(rule, repositories)
@@ -314,8 +312,8 @@ class Syncer:
         # -- referrers (syncd/referrers.py): signature gate before the copy, artifacts after
         refs = self.referrers.for_job(rule, source, job.referrer_tags)
         head = await refs.resolve(job.tag) if refs.active else None
-        if head is not None and rule.require_signature:
-            unsigned = await refs.unsigned(job.tag, head.digest)
+        if rule.require_signature:
+            unsigned = await refs.unsigned(job.tag, head)
             if unsigned is not None:
                 if dry_run:
                     for name, trepo in job.targets:
@@ -324,10 +322,10 @@ class Syncer:
                                 rule.name,
                                 str(source),
                                 job.tag,
-                                head.digest,
-                                head.digest,
+                                head.digest if head else "",
+                                head.digest if head else "",
                                 f"{name}/{trepo}",
-                                "unsigned",
+                                "unsigned" if head else "failed",
                                 error=str(unsigned),
                             )
                         )
