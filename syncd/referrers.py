@@ -26,13 +26,14 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.config.schema import RuleConfig
 from syncd.copy import CopyEngine, Endpoint, ImageResult, TargetSpec
-from syncd.errors import SyncdError, UnsignedImageError
+from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
 from syncd.manifest import INDEX_TYPES, OCI_INDEX, Manifest, parse_manifest
 from syncd.metrics import Metrics
 from syncd.registry.client import ManifestInfo
@@ -160,6 +161,24 @@ class ReferrerSync:
         # registry name -> whether it answers the referrers API
         self._api: dict[str, bool] = {}
         self._probe = asyncio.Lock()
+        # (source repository, digest) -> (lock, users): two tags of one image in a pass
+        # carry its referrers one after the other, so the second finds them there.
+        self._carrying: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Serialise work on one key; the entry is dropped when its last user leaves."""
+        lock, users = self._carrying.get(key, (asyncio.Lock(), 0))
+        self._carrying[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._carrying[key]
+            if users == 1:
+                del self._carrying[key]
+            else:
+                self._carrying[key] = (lock, users - 1)
 
     def for_job(self, rule: RuleConfig, source: Endpoint, tags: Collection[str]) -> SourceReferrers:
         """A view of one source repository for one job (one tag), with its own memo."""
@@ -205,17 +224,30 @@ class SourceReferrers:
         self._levels: dict[str, tuple[list[Referrer], Manifest | None]] = {}
         # The answer of the once-per-registry API probe, when this job made it.
         self._probed: dict[str, Manifest] = {}
+        self._resolve_error: SyncdError | None = None
 
     @property
     def active(self) -> bool:
         return self.rule.referrers or self.rule.require_signature
 
     async def resolve(self, reference: str) -> ManifestInfo | None:
-        """The source's HEAD of ``reference``, or None on failure (the copy reports it)."""
+        """The source's HEAD of ``reference``, or None if absent or failed.
+
+        Without a gate the copy then reports the problem itself; with one, ``unsigned``
+        reports it, so an image whose signature could not be checked is never copied.
+        """
         try:
-            return await self.source.client.manifest_head(self.source.repository, reference)
-        except SyncdError:
+            info = await self.source.client.manifest_head(self.source.repository, reference)
+        except SyncdError as e:
+            self._resolve_error = e
             return None
+        if info is None:
+            self._resolve_error = NotFoundError(
+                f"{reference} not found",
+                registry=self.source.client.name,
+                repository=self.source.repository,
+            )
+        return info
 
     # -- discovery -----------------------------------------------------------------------
     async def level(self, subject: str, depth: int = 1) -> tuple[list[Referrer], Manifest | None]:
@@ -247,6 +279,8 @@ class SourceReferrers:
                 if desc.digest == subject:
                     continue
                 artifact_type = desc.artifact_type
+                if not artifact_type and not await self._exists(desc.digest):
+                    continue
                 if not artifact_type:
                     # Listed without its type: the manifest says (the copy fetches it anyway).
                     artifact_type = (
@@ -282,6 +316,27 @@ class SourceReferrers:
                 )
         self._levels[subject] = (found, fallback)
         return found, fallback
+
+    async def _exists(self, digest: str) -> bool:
+        """Whether the source has ``digest``; a listed referrer it lacks is skipped, not fatal.
+
+        (A signature deleted while its index entry stayed would otherwise fail its image on
+        every pass.)
+        """
+        try:
+            await self.sync.engine.manifest(self.source, digest)
+        except NotFoundError:
+            self._dangling(digest)
+            return False
+        return True
+
+    def _dangling(self, digest: str) -> None:
+        log.warning(
+            "%s lists %s as a referrer but does not have it; skipped",
+            self.source,
+            digest,
+            extra={"event": "referrer_dangling", "source": str(self.source), "digest": digest},
+        )
 
     async def _source_api(self, digest: str) -> bool:
         api, index = await self.sync.has_api(self.source, digest)
@@ -319,8 +374,19 @@ class SourceReferrers:
                 break
         return out, indexes
 
-    async def unsigned(self, reference: str, digest: str) -> SyncdError | None:
-        """None if a signature refers to ``digest`` at the source, else the error to report."""
+    async def unsigned(self, reference: str, head: ManifestInfo | None) -> SyncdError | None:
+        """None if a signature refers to the image at the source, else the error to report.
+
+        ``head`` is ``resolve``'s answer; None (not found, or the HEAD failed) fails the gate
+        with that error: what cannot be checked is not promoted.
+        """
+        if head is None:
+            return self._resolve_error or NotFoundError(
+                f"{reference} not found",
+                registry=self.source.client.name,
+                repository=self.source.repository,
+            )
+        digest = head.digest
         if f"{fallback_tag(digest)}.sig" in self.tags:
             return None
         try:
@@ -364,6 +430,12 @@ class SourceReferrers:
         A failure marks the image failed at that target (its outcome), so the pass reports
         it and the next pass, finding the image up to date, tries the referrers again.
         """
+        async with self.sync.hold((str(self.source), head.digest)):
+            return await self._carry(head, image, specs, dry_run)
+
+    async def _carry(
+        self, head: ManifestInfo, image: ImageResult, specs: Sequence[TargetSpec], dry_run: bool
+    ) -> Carried:
         carried = Carried()
         live = [
             spec.endpoint
@@ -408,6 +480,9 @@ class SourceReferrers:
             if result.error is not None:
                 for t in need:
                     carried.errors.setdefault(str(t), result.error)
+                continue
+            if self._gone(result):
+                self._dangling(r.digest)
                 continue
             for t, o in zip(need, result.outcomes, strict=True):
                 if o.action == "failed":
@@ -517,6 +592,13 @@ class SourceReferrers:
                 len(m.children),
                 extra={"event": "referrers_index", "target": str(t), "subject": subject},
             )
+
+    def _gone(self, result: ImageResult) -> bool:
+        """Every target failed because the source lacks the referrer (a dangling entry)."""
+        return all(
+            isinstance(o.error, NotFoundError) and o.error.registry == self.source.client.name
+            for o in result.outcomes
+        ) and bool(result.outcomes)
 
     def _mark(self, image: ImageResult, carried: Carried) -> None:
         for o in image.outcomes:
