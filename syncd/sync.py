@@ -147,12 +147,16 @@ class Syncer:
             self._fail_rule(rule, result, f"listing {rule.source}: {e}", e)
             repos = []
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
+        # (target, target repository) -> the tags this pass selected there
+        chosen: dict[tuple[str, str], set[str]] = {}
 
         async def produce() -> None:
             try:
                 for repo in repos:
                     try:
-                        async for job in self._jobs(rule, source.name, repo, result, dry_run):
+                        async for job in self._jobs(
+                            rule, source.name, repo, result, dry_run, chosen
+                        ):
                             await queue.put(job)
                     except SyncdError as e:
                         self._fail_rule(rule, result, f"{rule.source}/{repo}: {e}", e)
@@ -170,8 +174,17 @@ class Syncer:
                 tg.create_task(work())
         result.seconds = time.monotonic() - start
         if not dry_run:
+            self._forget_unkept(rule, chosen)
             self._finish_rule(rule, result)
         return result
+
+    def _forget_unkept(self, rule: RuleConfig, chosen: dict[tuple[str, str], set[str]]) -> None:
+        """Drop byte accounting for tags this rule no longer selects (deleted, filtered)."""
+        for key, tags in chosen.items():
+            kept = self._kept.get(key, {})
+            for rule_name, tag in list(kept):
+                if rule_name == rule.name and tag not in tags:
+                    del kept[(rule_name, tag)]
 
     def _fail_rule(
         self, rule: RuleConfig, result: RulePassResult, text: str, err: BaseException
@@ -234,6 +247,7 @@ class Syncer:
         repo: str,
         result: RulePassResult,
         dry_run: bool,
+        chosen: dict[tuple[str, str], set[str]],
     ) -> AsyncIterator[_Job]:
         source = self.pool.client(source_name).with_retries(rule.retries)
         all_tags = await source.tags_list(repo)
@@ -259,13 +273,15 @@ class Syncer:
                     rule, result, f"{source_name}/{repo}:{missing}", err, rule.targets
                 )
         if dry_run:
-            chosen = set(tags)
+            selected = set(tags)
             for t in listed:
-                if t not in chosen:
+                if t not in selected:
                     result.plan.append(
                         PlanEntry(rule.name, f"{source_name}/{repo}", t, "", "", "", "filtered")
                     )
         targets = tuple((name, target_repository(rule, repo)) for name in rule.targets)
+        for key in targets:
+            chosen.setdefault(key, set()).update(tags)
         immutable_present: dict[tuple[str, str], set[str]] = {}
         if rule.immutable_tags and any(is_immutable(rule, t) for t in tags):
             for name, trepo in targets:

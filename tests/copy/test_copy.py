@@ -213,3 +213,27 @@ async def test_plan_writes_nothing_and_once_does_what_it_said(
     result = await sync(cfg)
     assert result.bytes_copied == entry.missing_bytes
     assert result.blobs_copied == len(entry.missing_blobs)
+
+
+async def test_target_bytes_follow_what_the_rules_keep(source: Registry, target: Registry) -> None:
+    from syncd.sync import open_syncer
+
+    base = [layer("tb-base", 30_000)]
+    a = image("tb-a", layers=1, size=10_000, shared=base)
+    b = image("tb-b", layers=1, size=20_000, shared=base)
+    push(source.url, "t/b", "a", a)
+    push(source.url, "t/b", "b", b)
+    cfg = make_config(source, [target], ["t/b"])
+    metrics = Metrics()
+
+    def gauge() -> float:
+        return metrics.target_bytes.labels(target="t0", repository="t/b")._value.get()
+
+    unique = {x.digest: len(x.data) for img in (a, b) for x in img.blobs}
+    async with open_syncer(cfg, metrics) as syncer:
+        await syncer.run_rule(cfg.rules[0])
+        assert gauge() == sum(unique.values())
+        # the source drops tag b: the next pass no longer keeps it
+        http("DELETE", f"{source.url}/v2/t/b/manifests/{b.digest}")
+        await syncer.run_rule(cfg.rules[0])
+        assert gauge() == sum(len(x.data) for x in a.blobs)
