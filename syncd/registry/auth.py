@@ -105,8 +105,13 @@ async def _no_credentials() -> CredentialsLike:
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and localhost (credentials may go there over http)."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]").lower()
+    if host.startswith("["):  # [v6]:port
+        name = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:  # name:port or v4:port
+        name = host.rsplit(":", 1)[0]
+    else:  # a name, or a bare v6 address
+        name = host
+    name = name.lower()
     if name == "localhost":
         return True
     try:

@@ -9,6 +9,7 @@ import pytest
 
 from syncd.config.schema import RegistryConfig
 from syncd.errors import AuthError
+from syncd.registry.auth import may_send_credentials
 from syncd.registry.pool import ClientPool
 from syncd.secret import Secret
 from tests.auth.conftest import USERS, WRONG_PASSWORD, SyncdRunner
@@ -148,3 +149,22 @@ async def test_basic_credentials_are_not_sent_over_plain_http_to_a_remote_host()
     assert headers["remote"] == {}
     assert headers["allowed"]["Authorization"].startswith("Basic ")
     assert headers["local"]["Authorization"].startswith("Basic ")
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_insecure", "expected"),
+    [
+        ("https://auth.example.com/token", False, True),
+        ("http://127.0.0.1:5000/token", False, True),
+        ("http://127.8.9.10/token", False, True),
+        ("http://localhost:8080/token", False, True),
+        ("http://[::1]:8080/token", False, True),
+        ("http://auth.example.com/token", False, False),
+        ("http://10.0.0.5:5000/token", False, False),
+        ("http://auth.example.com/token", True, True),
+    ],
+)
+def test_credentials_over_plain_http_only_to_loopback_or_when_allowed(
+    url: str, allow_insecure: bool, expected: bool
+) -> None:
+    assert may_send_credentials(url, allow_insecure=allow_insecure) is expected
