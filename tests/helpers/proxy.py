@@ -4,7 +4,8 @@ It runs its own asyncio loop in a daemon thread, so a test can drive syncd in-pr
 (async) or as a subprocess (blocking) while the proxy keeps relaying. Faults:
 
 - ``reset_fraction``: each new connection is, with that probability, reset (RST, not a
-  clean FIN) after a random 0..``reset_within`` bytes from the client, mid-request;
+  clean FIN) after a random 0..``reset_within`` bytes relayed either way, so mid-request
+  or mid-response;
 - ``cut_after(n)``: once, the connection that carries the n-th client byte is reset right
   there, mid-body (``at_boundary=False``), or, with ``at_boundary=True``, the next time a
   connection starts a new request after n bytes have passed (the request is dropped before
@@ -30,8 +31,9 @@ _READ = 64 * 1024
 
 @dataclass
 class _Conn:
-    reset_at: int | None = None  # client bytes after which this connection is reset
+    reset_at: int | None = None  # bytes (both ways) after which this connection is reset
     up: int = 0
+    down: int = 0
     last: str = ""  # "up" or "down": who spoke last (a request boundary is after "down")
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
@@ -53,7 +55,7 @@ class FaultProxy:
         upstream_port: int,
         *,
         reset_fraction: float = 0.0,
-        reset_within: int = 64 * 1024,
+        reset_within: int = 512 * 1024,
         latency: float = 0.0,
         seed: int = 7,
     ) -> None:
@@ -180,8 +182,8 @@ class FaultProxy:
     def _admit(self, conn: _Conn, data: bytes) -> tuple[bytes, bool]:
         """How much of ``data`` to relay, and whether to reset after it."""
         with self._lock:
-            if conn.reset_at is not None and conn.up + len(data) >= conn.reset_at:
-                return data[: max(0, conn.reset_at - conn.up)], True
+            if conn.reset_at is not None and conn.up + conn.down + len(data) >= conn.reset_at:
+                return data[: max(0, conn.reset_at - conn.up - conn.down)], True
             if self._cut_at is None:
                 return data, False
             if self._cut_boundary:
@@ -210,10 +212,20 @@ class FaultProxy:
                 return
             if self.latency:
                 await asyncio.sleep(self.latency)
-            writer.write(data)
+            reset = False
             with self._lock:
+                if conn.reset_at is not None and conn.up + conn.down + len(data) >= conn.reset_at:
+                    data = data[: max(0, conn.reset_at - conn.up - conn.down)]
+                    reset = True
                 self.bytes_down += len(data)
+            conn.down += len(data)
+            if data:
+                writer.write(data)
             conn.last = "down"
+            if reset:
+                await writer.drain()
+                self._reset(conn)
+                return
             await writer.drain()
 
     # -- shutdown ----------------------------------------------------------------------
