@@ -481,7 +481,7 @@ class SourceReferrers:
                 for t in need:
                     carried.errors.setdefault(str(t), result.error)
                 continue
-            if self._gone(result):
+            if self._missing_at_source(result) and not await self._at_source(r):
                 self._dangling(r.digest)
                 continue
             for t, o in zip(need, result.outcomes, strict=True):
@@ -593,17 +593,44 @@ class SourceReferrers:
                 extra={"event": "referrers_index", "target": str(t), "subject": subject},
             )
 
-    def _gone(self, result: ImageResult) -> bool:
-        """Every target failed because the source lacks the referrer (a dangling entry)."""
-        return all(
+    def _missing_at_source(self, result: ImageResult) -> bool:
+        """Every target failed on something the source lacks (the referrer, or a blob)."""
+        return bool(result.outcomes) and all(
             isinstance(o.error, NotFoundError) and o.error.registry == self.source.client.name
             for o in result.outcomes
-        ) and bool(result.outcomes)
+        )
+
+    async def _at_source(self, r: Referrer) -> bool:
+        """Whether the source has the referrer's manifest: without it the entry is dangling
+        (skipped); with it, a blob is missing, a broken artifact that fails the image."""
+        try:
+            return (
+                await self.source.client.manifest_head(self.source.repository, r.digest) is not None
+            )
+        except SyncdError:
+            return True
 
     def _mark(self, image: ImageResult, carried: Carried) -> None:
+        """Fail the image at each target where its referrers did not all arrive."""
         for o in image.outcomes:
             err = carried.errors.get(f"{o.target}/{o.repository}")
             if err is not None and o.action != "failed":
+                log.error(
+                    "referrers of %s@%s did not all reach %s/%s: %s",
+                    self.source,
+                    image.digest,
+                    o.target,
+                    o.repository,
+                    err,
+                    extra={
+                        "event": "referrer_copy",
+                        "rule": self.rule.name,
+                        "source": str(self.source),
+                        "target": f"{o.target}/{o.repository}",
+                        "digest": image.digest,
+                        "result": "failed",
+                    },
+                )
                 o.action, o.error = "failed", err
 
 

@@ -95,3 +95,25 @@ async def test_one_image_under_two_tags_carries_its_referrers_once(
     assert result.referrers_copied == 3
     puts = [a.path for a in target.accesses(mark, "syncd/") if a.kind == "manifest_put"]
     assert sum(a.digest in p for p in puts for a in arts) == 3
+
+
+async def test_a_referrer_that_cannot_be_copied_fails_its_image_until_fixed(
+    source: Registry, target: Registry
+) -> None:
+    img = image("edge-broken")
+    push(source.url, REPO, "v1", img)
+    sbom = artifact(img, SBOM_TYPE, "its layer goes missing at the source")
+    attach(source, REPO, sbom)
+    payload = sbom.layers[0]
+    source.blob_path(payload.digest).unlink()
+    first = await sync(make_config(source, [target], [REPO]))
+    assert first.failed == 1 and first.referrers_copied == 0
+    assert first.failures[0].startswith(f"src/{REPO}:v1 -> t0/{REPO}: ")
+    assert payload.digest in first.failures[0]
+    assert manifest_raw(target.url, REPO, "v1") == img.raw  # the image itself arrived
+    assert listed(target, img.digest) == []
+    # repaired at the source: the next pass (image up to date) brings the referrer
+    source.blob_path(payload.digest).write_bytes(payload.data)
+    second = await sync(make_config(source, [target], [REPO]))
+    assert second.ok and second.skipped == 1 and second.referrers_copied == 1
+    assert listed(target, img.digest) == [sbom.digest]
