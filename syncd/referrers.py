@@ -139,6 +139,7 @@ class Referrer:
 
     @property
     def reference(self) -> str:
+        """What the copy asks the source for: the cosign tag, else the digest."""
         return self.tag or self.digest
 
 
@@ -228,6 +229,7 @@ class SourceReferrers:
 
     @property
     def active(self) -> bool:
+        """Whether this rule looks at referrers at all (to copy them, or for the gate)."""
         return self.rule.referrers or self.rule.require_signature
 
     async def resolve(self, reference: str) -> ManifestInfo | None:
@@ -251,7 +253,11 @@ class SourceReferrers:
 
     # -- discovery -----------------------------------------------------------------------
     async def level(self, subject: str, depth: int = 1) -> tuple[list[Referrer], Manifest | None]:
-        """The direct referrers of ``subject`` (unfiltered) and the source's fallback index."""
+        """The direct referrers of ``subject`` and the source's fallback index, if any.
+
+        Unfiltered, except that with exactly one ``referrers_types`` entry (and no gate) an
+        API server is asked for that type only.
+        """
         memo = self._levels.get(subject)
         if memo is not None:
             return memo
