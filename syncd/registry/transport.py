@@ -139,6 +139,23 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def _quota(value: str | None) -> tuple[int, int] | None:
+    """A Docker Hub quota header, ``76;w=21600``, as (count, window seconds)."""
+    if not value:
+        return None
+    head, _, params = value.partition(";")
+    try:
+        count = int(head.strip())
+    except ValueError:
+        return None
+    window = 0
+    for param in params.split(";"):
+        key, _, val = param.strip().partition("=")
+        if key == "w" and val.isdigit():
+            window = int(val)
+    return count, window
+
+
 class Transport:
     """Sends requests to one registry over one long-lived ``ClientSession``."""
 
@@ -169,6 +186,8 @@ class Transport:
         self._ping_lock = asyncio.Lock()
         self._pinged = asyncio.Event()
         self._paused_until = 0.0
+        self._quota_exhausted = False
+        self._quota_interval = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -255,7 +274,7 @@ class Transport:
             elif resp.status in req.expect:
                 body = await read_capped(resp, req.max_body + 1)
                 if len(body) > req.max_body:
-                    raise ServerError(
+                    err = ServerError(
                         f"response body over {req.max_body} bytes",
                         registry=self.name,
                         repository=req.repository,
@@ -263,6 +282,9 @@ class Transport:
                         url=redact_url(str(resp.url)),
                         status=resp.status,
                     )
+                    # The same request gets the same oversized answer: not worth a retry.
+                    err.retryable = False
+                    raise err
             else:
                 body = b""
             return Response(resp.status, resp.headers, body, str(resp.url))
@@ -324,6 +346,7 @@ class Transport:
                 )
             try:
                 self._count(req.method, resp.status, start)
+                self._note_quota(resp.headers)
                 # A body factory may not be re-playable (a tee'd stream); bytes always are.
                 replayable = req.body is None or isinstance(req.body, bytes)
                 if (
@@ -385,10 +408,42 @@ class Transport:
             extra={"registry": self.name, "event": "retry"},
         )
 
+    def _note_quota(self, headers: Mapping[str, str]) -> None:
+        """Docker Hub's pull quota (``RateLimit-Remaining``): with none left, pace this
+        registry at the quota's refill rate (window / limit per request, capped like
+        Retry-After), so the pass slows down instead of collecting 429s until it fails."""
+        remaining = _quota(headers.get("RateLimit-Remaining"))
+        if remaining is None:
+            return
+        if remaining[0] > 0:
+            self._quota_exhausted = False
+            return
+        limit = _quota(headers.get("RateLimit-Limit"))
+        window = remaining[1] or (limit[1] if limit else 0)
+        delay = window / limit[0] if limit and limit[0] > 0 and window else _BACKOFF_MAX
+        delay = min(delay, _MAX_RETRY_AFTER)
+        self._quota_interval = delay
+        if not self._quota_exhausted:
+            self._quota_exhausted = True
+            log.warning(
+                "%s: rate limit quota exhausted; pacing requests %.1fs apart",
+                self.name,
+                delay,
+                extra={"registry": self.name, "event": "rate_limited"},
+            )
+        self._paused_until = max(self._paused_until, time.monotonic() + delay)
+
     async def _wait_if_paused(self) -> None:
-        delay = self._paused_until - time.monotonic()
-        if delay > 0:
+        # Re-checked after each sleep: another request may have moved the pause on.
+        for _ in range(1000):
+            delay = self._paused_until - time.monotonic()
+            if delay <= 0:
+                break
             await asyncio.sleep(delay)
+        if self._quota_exhausted:
+            # One request per refill interval: claim this slot before sending, so the
+            # requests that waited together do not all go at once.
+            self._paused_until = time.monotonic() + self._quota_interval
 
     # -- metrics and errors ------------------------------------------------------------
     def _count(self, method: str, code: int | str, start: float) -> None:

@@ -1,0 +1,91 @@
+"""What is retried and what is not, against real registries behind small fault shims."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from syncd.metrics import Metrics
+from tests.faults.conftest import UA, config_for, sync
+from tests.faults.shims import RateLimitShim
+from tests.helpers.images import image, push
+from tests.helpers.registry import Registry, http, manifest_raw
+
+
+@pytest.fixture
+def shims() -> Iterator[list[RateLimitShim]]:
+    made: list[RateLimitShim] = []
+    try:
+        yield made
+    finally:
+        for s in made:
+            s.close()
+
+
+async def test_a_missing_source_blob_is_asked_for_once(source: Registry, target: Registry) -> None:
+    good, bad = image("good"), image("gone")
+    push(source.url, "a/b", "good", good)
+    push(source.url, "a/b", "gone", bad)
+    missing = bad.layers[0].digest
+    status, _, _ = http("DELETE", f"{source.url}/v2/a/b/blobs/{missing}")
+    assert status == 202
+    mark = source.log_mark()
+    metrics = Metrics()
+    result = await sync(config_for(source.url, [target.url], ["a/b"]), metrics)
+    assert result.synced == 1 and result.failed == 1
+    gets = [a for a in source.accesses(mark, UA) if a.kind == "blob_get" and missing in a.path]
+    assert [a.status for a in gets] == [404], "a 404 cannot change: it must not be retried"
+    assert metrics.retries.labels(registry="src")._value.get() == 0
+    assert metrics.retries.labels(registry="t0")._value.get() == 0
+    assert manifest_raw(target.url, "a/b", "gone") is None
+
+
+async def test_429_with_retry_after_slows_the_pass_and_it_succeeds(
+    source: Registry, target: Registry, shims: list[RateLimitShim]
+) -> None:
+    for i in range(3):
+        push(source.url, "a/b", f"v{i}", image(f"rl{i}"))
+    shim = RateLimitShim(target.url, refuse=4, retry_after=0.5)
+    shims.append(shim)
+    metrics = Metrics()
+    start = time.monotonic()
+    result = await sync(config_for(source.url, [shim.url], ["a/b"]), metrics)
+    seconds = time.monotonic() - start
+    assert result.ok and result.synced == 3, result.failures
+    assert len(shim.refused) == 4
+    retries = metrics.retries.labels(registry="t0")._value.get()
+    print(f"\n429 x4 with Retry-After 0.5: {retries:.0f} retries counted, pass {seconds:.1f}s")
+    assert retries >= 3  # the ping's 429 is retried too, but counted with the others
+    # After a 429 with Retry-After nothing went to the registry before the pause ended.
+    first_forwarded = min(t for t, _, _ in shim.forwarded)
+    assert first_forwarded - shim.refused[-1] >= 0.45
+    for i in range(3):
+        assert manifest_raw(target.url, "a/b", f"v{i}") is not None
+
+
+async def test_an_exhausted_docker_hub_quota_paces_requests(
+    source: Registry, target: Registry, shims: list[RateLimitShim], caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(3):
+        push(source.url, "a/b", f"v{i}", image(f"q{i}"))
+    # 18000 pulls per hour: one pull's worth of quota every 0.2 s. Two pulls left.
+    shim = RateLimitShim(source.url, quota=(18000, 2, 3600))
+    shims.append(shim)
+    caplog.set_level(logging.WARNING, logger="syncd.registry.transport")
+    result = await sync(config_for(shim.url, [target.url], ["a/b"], concurrency=3))
+    assert result.ok and result.synced == 3, result.failures
+    assert shim.pulls >= 3  # more pulls than the quota allowed, and none refused
+    times = [t for t, _, _ in shim.forwarded]
+    exhausted_at = next(
+        i for i, (_, m, p) in enumerate(shim.forwarded) if m == "GET" and "/manifests/" in p
+    )
+    later = times[exhausted_at + 2 :]
+    gaps = [b - a for a, b in itertools.pairwise(later)]
+    print(f"\nrequests after the quota ran out: {len(later)}, smallest gap {min(gaps):.2f}s")
+    assert gaps and min(gaps) >= 0.15
+    warnings = [r for r in caplog.records if "quota exhausted" in r.getMessage()]
+    assert len(warnings) == 1  # logged once, not per request
