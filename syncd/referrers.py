@@ -203,9 +203,11 @@ class ReferrerSync:
             index = await endpoint.client.referrers(endpoint.repository, digest)
             self._api[name] = index is not None
             log.info(
-                "%s %s the OCI referrers API",
+                "%s %s",
                 name,
-                "has" if index is not None else "lacks (using the referrers tag schema)",
+                "has the OCI referrers API"
+                if index is not None
+                else "has no OCI referrers API: using the sha256-<hex> and cosign tags",
                 extra={"registry": name, "event": "referrers_api", "api": index is not None},
             )
             return index is not None, index
