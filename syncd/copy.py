@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from syncd.errors import (
+    ClientRequestError,
     DigestMismatchError,
     ManifestInvalidError,
     NotFoundError,
@@ -582,6 +583,7 @@ class CopyEngine:
                         retry.append(s)
                     else:
                         s.future.set_exception(err)
+                        await self._abandon(s)
                 if not retry:
                     return
                 log.warning(
@@ -619,6 +621,12 @@ class CopyEngine:
             for reg_key in registry_futs:
                 fut = self._uploading.pop(reg_key)
                 fut.set_result("done")
+
+    async def _abandon(self, s: _Session) -> None:
+        """Best effort: tell the registry to drop a session we give up on (its partial
+        bytes would otherwise wait for the registry's upload purging)."""
+        with contextlib.suppress(SyncdError):
+            await s.endpoint.client.upload_cancel(s.endpoint.repository, s.location)
 
     def _copied(self, t: Endpoint, blob: Descriptor, counts: dict[Endpoint, _BlobCounts]) -> None:
         self._remember(t, blob.digest)
@@ -713,43 +721,54 @@ class CopyEngine:
                     await q.put(item)
 
         async def produce() -> None:
-            algorithm = blob.digest.partition(":")[0]
-            h = checkpoints[start].copy() if start else hashlib.new(algorithm)
-            offset = start
             try:
-                async with source.client.blob_get(
-                    source.repository, blob.digest, size=blob.size, offset=start
-                ) as chunks:
-                    held: bytes | None = None
-                    async for chunk in chunks:
-                        for piece in self._pieces(chunk, offset, chunked):
-                            h.update(piece)
-                            begin, offset = offset, offset + len(piece)
-                            if chunked and offset % self.chunk_size == 0:
-                                checkpoints.setdefault(offset, h.copy())
-                            if offset <= resume_at:
-                                continue  # the registry has these bytes already
-                            if begin < resume_at:
-                                piece = piece[resume_at - begin :]
-                            if held is not None:
-                                await put_all(held)
-                            held = piece
-                actual = f"{algorithm}:{h.hexdigest()}"
-                if actual != blob.digest or offset != blob.size:
-                    raise DigestMismatchError(
-                        f"{source}@{blob.digest}",
-                        f"{blob.digest} ({blob.size} bytes)",
-                        f"{actual} ({offset} bytes)",
-                    )
-                # Only now, with the digest proven, may the last bytes go out: the
-                # target cannot commit an upload it has not received in full.
-                if held is not None:
-                    await put_all(held)
-                await put_all(None)
+                try:
+                    await read(start)
+                except ClientRequestError as e:
+                    # A source that ignores Range answers 200 (or 416): nothing has been
+                    # forwarded yet, so hash from byte 0 instead and still skip what the
+                    # target holds.
+                    if not start or e.status not in (200, 416):
+                        raise
+                    await read(0)
             except BaseException as e:
                 for q in queues:
                     _force_put(q, e)
                 raise
+
+        async def read(begin_at: int) -> None:
+            algorithm = blob.digest.partition(":")[0]
+            h = checkpoints[begin_at].copy() if begin_at else hashlib.new(algorithm)
+            offset = begin_at
+            held: bytes | None = None
+            async with source.client.blob_get(
+                source.repository, blob.digest, size=blob.size, offset=begin_at
+            ) as chunks:
+                async for chunk in chunks:
+                    for piece in self._pieces(chunk, offset, chunked):
+                        h.update(piece)
+                        begin, offset = offset, offset + len(piece)
+                        if chunked and offset % self.chunk_size == 0:
+                            checkpoints.setdefault(offset, h.copy())
+                        if offset <= resume_at:
+                            continue  # the registry has these bytes already
+                        if begin < resume_at:
+                            piece = piece[resume_at - begin :]
+                        if held is not None:
+                            await put_all(held)
+                        held = piece
+            actual = f"{algorithm}:{h.hexdigest()}"
+            if actual != blob.digest or offset != blob.size:
+                raise DigestMismatchError(
+                    f"{source}@{blob.digest}",
+                    f"{blob.digest} ({blob.size} bytes)",
+                    f"{actual} ({offset} bytes)",
+                )
+            # Only now, with the digest proven, may the last bytes go out: the
+            # target cannot commit an upload it has not received in full.
+            if held is not None:
+                await put_all(held)
+            await put_all(None)
 
         async def consume(i: int) -> None:
             s = sessions[i]

@@ -1,8 +1,9 @@
 """Small misbehaving HTTP servers for fault tests (aiohttp, each in its own thread).
 
 ``RateLimitShim`` sits in front of a real registry and forwards everything, except that it
-answers the first N requests with 429 + ``Retry-After`` and can advertise a Docker Hub
-style pull quota (``RateLimit-Limit``/``RateLimit-Remaining``). ``BrokenRegistry`` is not
+answers the first N requests with 429 + ``Retry-After``, can advertise a Docker Hub
+style pull quota (``RateLimit-Limit``/``RateLimit-Remaining``) and can drop ``Range``
+headers (a server without partial GETs). ``BrokenRegistry`` is not
 a registry at all: a handful of routes that are each broken in one way (a manifest over
 the size cap, an endless error body, a ``Link`` header that always points back).
 """
@@ -87,11 +88,13 @@ class RateLimitShim(_Threaded):
         refuse: int = 0,
         retry_after: float | None = 1.0,
         quota: tuple[int, int, int] | None = None,  # (limit, remaining, window seconds)
+        ignore_range: bool = False,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.refuse = refuse
         self.retry_after = retry_after
         self.quota = quota
+        self.ignore_range = ignore_range  # drop Range: a server without partial GETs
         self.pulls = 0
         self.refused: list[float] = []  # monotonic times of the 429s
         self.forwarded: list[tuple[float, str, str]] = []  # (time, method, path)
@@ -137,7 +140,8 @@ class RateLimitShim(_Threaded):
         if request.method == "GET" and "/manifests/" in request.path:
             self.pulls += 1  # Docker Hub counts manifest GETs as pulls
         self.forwarded.append((loop.time(), request.method, request.path))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        drop = _HOP | ({"range"} if self.ignore_range else set())
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
         body: Any = request.content.iter_chunked(1 << 20) if request.body_exists else None
         async with self._session.request(
             request.method,
@@ -152,10 +156,13 @@ class RateLimitShim(_Threaded):
                     out.headers.add(k, v)
             out.headers.update(self._quota_headers())
             await out.prepare(request)
-            if request.method != "HEAD":
-                async for chunk in up.content.iter_chunked(1 << 20):
-                    await out.write(chunk)
-            await out.write_eof()
+            try:
+                if request.method != "HEAD":
+                    async for chunk in up.content.iter_chunked(1 << 20):
+                        await out.write(chunk)
+                await out.write_eof()
+            except ConnectionError:
+                pass  # the client hung up (syncd stops reading a 200 it asked 206 of)
             return out
 
 

@@ -15,6 +15,7 @@ import threading
 
 from syncd.metrics import Metrics
 from tests.faults.conftest import MB, UA, IntegrityPoller, big_image, config_for, sync, wait_for
+from tests.faults.shims import RateLimitShim
 from tests.helpers.images import push
 from tests.helpers.registry import Registry, RegistryFactory, manifest_raw
 
@@ -144,3 +145,29 @@ async def test_fan_out_of_a_large_blob_reads_the_source_once(
         # config blob stays monolithic (POST + PUT).
         assert counts["upload_patch"] == 2 and counts["upload_put"] == 2, counts
         assert stored_sha(t, img.layers[0].digest) == img.layers[0].digest
+
+
+async def test_resume_works_when_the_source_ignores_range(
+    source: Registry, target: Registry, proxies: object
+) -> None:
+    img = big_image("norange", 40 * MB)
+    push(source.url, "big/app", "v1", img)
+    shim = RateLimitShim(source.url, ignore_range=True)
+    try:
+        proxy = proxies(target.port)  # type: ignore[operator]
+        proxy.cut_after(20 * MB, at_boundary=True)
+        mark = target.log_mark()
+        result = await sync(config_for(shim.url, [proxy.url], ["big/app"]))
+    finally:
+        shim.close()
+    assert result.ok and result.synced == 1, result.failures
+    assert proxy.cuts == 1
+    counts = target.counts(mark, UA)
+    assert counts["upload_post"] == 2 and counts["upload_get"] == 1  # resumed, not redone
+    gets = [p for _, m, p in shim.forwarded if m == "GET" and img.layers[0].digest in p]
+    # The first read; the ranged one, answered 200 and hung up on; a re-read from byte 0
+    # (hashed, and only the part the target lacks sent).
+    assert len(gets) == 3
+    image_bytes = sum(len(b.data) for b in img.blobs) + len(img.raw)
+    assert proxy.bytes_up - image_bytes < 1 * MB
+    assert stored_sha(target, img.layers[0].digest) == img.layers[0].digest
