@@ -249,8 +249,12 @@ _ACTION_TEXT = {
     "overwrite_refused": "overwrite refused",
     "filtered": "filtered",
     "immutable": "immutable (not checked)",
+    "referrer": "copy referrer",
+    "unsigned": "unsigned (refused)",
     "failed": "error",
 }
+# Plan actions that mean the image would not reach its target.
+_ERROR_ACTIONS = ("failed", "unsigned")
 
 
 def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
@@ -272,6 +276,7 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
                 ],
                 "missing_manifests": e.missing_manifests,
                 "missing_bytes": e.missing_bytes,
+                **({"artifact_type": e.referrer_type} if e.action == "referrer" else {}),
                 **({"error": e.error} if e.error else {}),
             }
         )
@@ -283,7 +288,9 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
             "up_to_date": sum(e.action == "up_to_date" for e in entries),
             "overwrite_refused": sum(e.action == "overwrite_refused" for e in entries),
             "filtered": sum(e.action == "filtered" for e in entries),
-            "errors": sum(e.action == "failed" for e in entries),
+            "referrers": sum(e.action == "referrer" for e in entries),
+            "unsigned": sum(e.action == "unsigned" for e in entries),
+            "errors": sum(e.action in _ERROR_ACTIONS for e in entries),
             "missing_blobs": len({(e.target, b.digest) for e in copies for b in e.missing_blobs}),
             # A blob missing for several images of one target is transferred once.
             "missing_bytes": sum(
@@ -314,6 +321,8 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
             line += f"  {action}"
             if e.digest:
                 line += f"  {e.digest}"
+            if e.action == "referrer" and e.referrer_type:
+                line += f" ({e.referrer_type})"
             if e.filtered_index:
                 line += f" (new index, platforms filtered from {e.source_digest})"
             if e.action == "copy":
@@ -328,7 +337,7 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
         print(
             f"total: {t['copy']} to copy, {t['up_to_date']} up to date, "
             f"{t['overwrite_refused']} overwrite refused, {t['filtered']} filtered, "
-            f"{t['errors']} errors; {t['missing_blobs']} blobs, {_human(t['missing_bytes'])}"
-            " to transfer"
+            f"{t['referrers']} referrers, {t['errors']} errors; "
+            f"{t['missing_blobs']} blobs, {_human(t['missing_bytes'])} to transfer"
         )
     return EXIT_FAILED if doc["totals"]["errors"] else EXIT_OK
