@@ -37,13 +37,13 @@ def analyse(path: Path, top: int = 15) -> str:
         parsed = [_FRAME.match(f) for f in frames]
         if any(m and m["func"].startswith("_find_and_load") for m in parsed):
             imports += count
-        if parsed and parsed[-1]:
-            m = parsed[-1]
-            leaf[f"{m['func']} ({_short(m['file'])})"] += count
+        last = parsed[-1] if parsed else None
+        if last:
+            leaf[f"{last['func']} ({_short(last['file'])})"] += count
         seen: set[str] = set()
-        for m in parsed:
-            if m and "syncd/" in m["file"] and m["line"]:
-                key = f"{_short(m['file'])}:{m['line']} {m['func']}"
+        for frame in parsed:
+            if frame and "syncd/" in frame["file"] and frame["line"]:
+                key = f"{_short(frame['file'])}:{frame['line']} {frame['func']}"
                 if key not in seen:
                     seen.add(key)
                     lines[key] += count

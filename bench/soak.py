@@ -44,7 +44,9 @@ from tests.helpers.registry import Registry, RegistryFactory, free_port
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 OUT_DIR = Path(__file__).resolve().parent / "out"
-_COUNT_RE = re.compile(r'^syncd_sync_duration_seconds_count\{[^}]*rule="soak"[^}]*\}\s+(\S+)', re.M)
+_HIST_RE = re.compile(
+    r'^syncd_sync_duration_seconds_(?P<kind>count|sum)\{[^}]*rule="soak"[^}]*\}\s+(?P<v>\S+)', re.M
+)
 
 
 @dataclass
@@ -125,14 +127,15 @@ def write_config(
     return path
 
 
-def _metrics_count(url: str) -> float:
+def _metrics_passes(url: str) -> tuple[float, float]:
+    """(passes finished, seconds spent in them) from the rule's duration histogram."""
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
     except OSError:
-        return -1.0
-    m = _COUNT_RE.search(text)
-    return float(m.group(1)) if m else 0.0
+        return -1.0, 0.0
+    found = {m["kind"]: float(m["v"]) for m in _HIST_RE.finditer(text)}
+    return found.get("count", 0.0), found.get("sum", 0.0)
 
 
 def soak_run(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> list[PassSample]:
@@ -146,20 +149,19 @@ def soak_run(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> li
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        seen = 0.0
-        started = last = time.monotonic()
-        deadline = started + args.timeout
+        seen = spent = 0.0
+        deadline = time.monotonic() + args.timeout
         while len(samples) < args.passes and time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"syncd run exited with {proc.returncode}; see {log}")
-            count = _metrics_count(metrics)
+            count, total = _metrics_passes(metrics)
             if count > seen:
-                now = time.monotonic()
-                seen = count
+                # The pass's own duration (histogram sum delta), not the time between passes.
+                seconds = (total - spent) / (count - seen)
+                seen, spent = count, total
                 rss, hwm = proc_status(proc.pid)
-                s = PassSample(len(samples), now - last, rss, fd_count(proc.pid), hwm)
+                s = PassSample(len(samples), seconds, rss, fd_count(proc.pid), hwm)
                 samples.append(s)
-                last = now
                 _show(s)
                 if args.churn_every and len(samples) % args.churn_every == 0:
                     churn()
