@@ -1,0 +1,96 @@
+"""Checks of the benchmark's own machinery: ``.venv/bin/pytest bench/test_bench.py -q``.
+
+Not part of the suite under tests/ (it measures nothing about syncd); it keeps the corpus
+deterministic and the figures honest: digests stable across builds, layers that are real
+gzip'd tars, the access-log accounting and the soak's slope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import corpus as C
+from bench import run as R
+from bench.soak import slope
+from tests.helpers.registry import RegistryFactory
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[RegistryFactory]:
+    f = RegistryFactory(tmp_path)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def test_corpus_is_deterministic_and_shares_base_layers(tmp_path: Path) -> None:
+    a = C.build_main(0.01, root=tmp_path / "a")
+    b = C.build_main(0.01, root=tmp_path / "b")
+    assert a.sizes == b.sizes
+    assert {k: r.tags for k, r in a.repos.items()} == {k: r.tags for k, r in b.repos.items()}
+    assert len(a.repos) == 12 and a.tag_count == 60
+    # Base layers are shared: fewer unique blobs than placements across repositories.
+    assert len(a.unique_blobs()) < a.blob_placements()
+    indexes = [d for d in a.media_types.values() if d == C.OCI_INDEX]
+    assert len(indexes) == 17  # 4 multi-platform repositories × 4 images, + app01:1.4
+    # The incremental image is built but not part of the seeded repositories.
+    assert a.extra["app01"].tags["1.4"] not in a.repos["app01"].tags.values()
+
+
+def test_layers_are_gzipped_tars_matching_the_config_diff_ids(tmp_path: Path) -> None:
+    corpus = C.build_main(0.01, root=tmp_path)
+    manifest = json.loads(corpus.read(corpus.repos["app02"].tags["1.0"]))
+    config = json.loads(corpus.read(manifest["config"]["digest"]))
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
+        raw = gzip.decompress(corpus.read(layer["digest"]))
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == diff_id
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            (member,) = tar.getmembers()
+            assert member.size > 0
+        assert layer["size"] == corpus.sizes[layer["digest"]]
+
+
+async def test_seed_verify_and_count_from_access_logs(
+    tmp_path: Path, factory: RegistryFactory
+) -> None:
+    corpus = C.build_main(0.01, root=tmp_path / "c")
+    reg = factory()
+    mark = reg.log_mark()
+    await C.push(reg.url, corpus)
+    await asyncio.sleep(0.3)
+    stats = R.reg_stats(reg, "source", mark, C.SEEDER_AGENT, 0.0)
+    # Each unique blob is uploaded once; its other placements are mounted.
+    assert stats.counts["upload_put"] == len(corpus.unique_blobs())
+    assert stats.counts["mount"] == corpus.blob_placements() - len(corpus.unique_blobs())
+    assert stats.errors == 0
+    assert await R._verify(reg.url, corpus, corpus.repos)
+    # The incremental tag is not there until pushed, and is gone again after its delete.
+    assert not await R._verify(reg.url, corpus, corpus.extra)
+    await C.push(reg.url, corpus, repos=corpus.extra)
+    assert await R._verify(reg.url, corpus, corpus.extra)
+    await C.delete_manifest(reg.url, "app01", corpus.extra["app01"].tags["1.4"])
+    assert not await R._verify(reg.url, corpus, corpus.extra)
+
+
+def test_slope_and_paired_summary() -> None:
+    assert slope([1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.0)
+    assert slope([5.0, 5.0, 5.0]) == 0.0
+
+    def sample(tool: str, rep: int, wall: float) -> R.Sample:
+        return R.Sample(tool, "cold", rep, R.ProcStats(wall=wall), [R.RegStats("source")])
+
+    samples = [sample("syncd", 0, 1.0), sample("skopeo", 0, 4.0)]
+    samples += [sample("syncd", 1, 3.0), sample("skopeo", 1, 4.0)]
+    row = R.summarize(samples)["cold"]["wall_s"]
+    assert row["syncd"] == 2.0 and row["skopeo"] == 4.0
+    assert row["ratio"] == pytest.approx((0.25 + 0.75) / 2)
