@@ -62,6 +62,8 @@ class ProcStats:
 
     wall: float = 0.0
     cpu: float = 0.0
+    user: float = 0.0
+    sys: float = 0.0
     rss_mb: float = 0.0
     rss_sum_mb: float = 0.0  # peaks added up: an upper bound when processes overlap
     processes: int = 0
@@ -115,6 +117,8 @@ def run_commands(
     stats.wall = time.perf_counter() - t0
     for cmd, (rc, usage, hwm_kb) in zip(cmds, results, strict=True):
         stats.cpu += usage.ru_utime + usage.ru_stime
+        stats.user += usage.ru_utime
+        stats.sys += usage.ru_stime
         rss = hwm_kb / 1024
         stats.rss_mb = max(stats.rss_mb, rss)
         stats.rss_sum_mb += rss
@@ -545,6 +549,7 @@ Metric = Callable[[Sample], float]
 METRICS: dict[str, Metric] = {
     "wall_s": lambda s: s.proc.wall,
     "cpu_s": lambda s: s.proc.cpu,
+    "cpu_sys_s": lambda s: s.proc.sys,
     "peak_rss_mb": lambda s: s.proc.rss_mb,
     "source_mb_read": lambda s: s.reg("source").blob_get_bytes / C.MB,
     "source_requests": lambda s: s.reg("source").requests,
@@ -703,6 +708,7 @@ def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], bound: list[
     shown = [
         "wall_s",
         "cpu_s",
+        "cpu_sys_s",
         "peak_rss_mb",
         "source_mb_read",
         "source_requests",
