@@ -84,7 +84,11 @@ def test_target_killed_mid_pass_then_next_pass_completes(
         assert again.returncode == 0, again.stderr[-2000:]
         time.sleep(0.3)  # one more sweep over the finished state
     print(f"\nkilled target: first pass {first:.1f}s ({out.strip()}), second {second:.1f}s")
-    print(f"poller: {poller.sweeps} sweeps, {poller.tags_checked} tag checks")
+    print(
+        f"poller: {poller.sweeps} sweeps, {poller.tags_checked} tag checks, "
+        f"{len(poller.unresolved)} sightings of listed-but-unresolvable tags "
+        f"{sorted(set(poller.unresolved))}"
+    )
     assert poller.violations == []
     assert poller.sweeps >= 5
     assert_mirrored(target, expected)
