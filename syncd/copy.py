@@ -558,7 +558,7 @@ class CopyEngine:
             checkpoints: dict[int, Any] = {}
             if chunked:
                 checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
-            attempts = max(1, source.client.transport.retries)
+            attempts = max(1, source.client.attempts)
             # Each batch is one source read: (sessions, offset the registry already holds).
             batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
             while batches:

@@ -62,6 +62,11 @@ class RegistryClient:
     def with_retries(self, retries: int) -> RegistryClient:
         return RegistryClient(self.transport, retries=retries)
 
+    @property
+    def attempts(self) -> int:
+        """Attempts per request for this client (a rule's ``retries``, else the default)."""
+        return self._attempts or self.transport.retries
+
     async def _send(self, req: Request) -> Response:
         if self._attempts and not req.attempts:
             req = _with_attempts(req, self._attempts)
