@@ -73,7 +73,7 @@ class RegistryClient:
         return await self.transport.send(req)
 
     async def ping(self) -> None:
-        await self.transport.ping()
+        await self.transport.ping(self._attempts)
 
     # -- manifests ---------------------------------------------------------------------
     async def manifest_head(self, repository: str, reference: str) -> ManifestInfo | None:

@@ -218,7 +218,7 @@ class Transport:
             return req.path
         return self.base_url + req.path
 
-    async def ping(self) -> None:
+    async def ping(self, attempts: int = 0) -> None:
         """``GET /v2/`` once per process, to learn how this registry wants to be authed."""
         if self._pinged.is_set():
             return
@@ -226,7 +226,7 @@ class Transport:
             if self._pinged.is_set():
                 return
             url = self.base_url + "/v2/"
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(attempts):
                 with attempt:
                     async with self._map_errors("GET", url, ""):
                         start = time.monotonic()
@@ -259,7 +259,8 @@ class Transport:
 
     async def send(self, req: Request) -> Response:
         """Send ``req`` (with retries unless ``req.retry`` is false) and read the body."""
-        await self.ping()
+        # The ping spends the budget of the request that needed it (a rule's retries).
+        await self.ping(req.attempts)
         if not req.retry:
             return await self._send_once(req)
         async for attempt in self._retrying(req.attempts):
@@ -296,7 +297,7 @@ class Transport:
         Retries cover getting the response; a break while reading the body surfaces as a
         ``NetworkError`` for the blob step to retry as a whole.
         """
-        await self.ping()
+        await self.ping(req.attempts)
         attempts = (req.attempts or self.retries) if req.retry else 1
         for attempt in range(1, attempts + 1):
             stack = AsyncExitStack()
