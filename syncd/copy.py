@@ -603,7 +603,7 @@ class CopyEngine:
                 batches = []
                 fresh: list[_Session] = []
                 for s in retry:
-                    at = await self._resume_point(s, blob, checkpoints)
+                    at = await self._resume_point(s, blob)
                     if at is not None:
                         batches.append(([s], at))
                         continue
@@ -636,9 +636,7 @@ class CopyEngine:
             self.metrics.blobs_copied.labels(target=t.client.name).inc()
             self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(blob.size)
 
-    async def _resume_point(
-        self, s: _Session, blob: Descriptor, checkpoints: dict[int, Any]
-    ) -> int | None:
+    async def _resume_point(self, s: _Session, blob: Descriptor) -> int | None:
         """The offset to resume ``s`` at, or None to start a fresh session.
 
         Asks the registry (``GET`` on the upload URL, ``Range: 0-N``). CNCF distribution
@@ -663,8 +661,7 @@ class CopyEngine:
             )
             return None
         # "0-0" means both 0 and 1 byte in distribution's answer; neither is worth resuming.
-        usable = offset > 1 and offset <= blob.size and any(k <= offset for k in checkpoints)
-        if not usable:
+        if not 1 < offset <= blob.size:
             with contextlib.suppress(SyncdError):
                 await t.client.upload_cancel(t.repository, location)
             return None
