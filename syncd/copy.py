@@ -10,29 +10,28 @@ registry → mount; only then is it streamed, read once from the source and teed
 target that lacks it, with sha256 checked on the way and the last chunk held back until
 the digest is proven, so a corrupt blob is never committed.
 
-Blobs above ``chunked_threshold`` go up as PATCH chunks with the last chunk in the
-committing PUT. The hash state is kept at every chunk boundary, so an upload that breaks
-part-way resumes at the offset the registry reports (re-reading the source with a Range
-GET from the nearest checkpoint) and still verifies the whole blob before the commit.
+The blob part of that ladder, and resumable uploads, live in ``syncd.blobs``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
+from syncd.blobs import (
+    CHUNKED_THRESHOLD,
+    LRU,
+    UPLOAD_CHUNK,
+    BlobCounts,
+    BlobMover,
+    Endpoint,
+)
 from syncd.errors import (
-    ClientRequestError,
-    DigestMismatchError,
     ManifestInvalidError,
     NotFoundError,
     OverwriteRefusedError,
@@ -40,34 +39,13 @@ from syncd.errors import (
 )
 from syncd.manifest import Descriptor, Manifest, Platform, parse_manifest
 from syncd.metrics import Metrics
-from syncd.registry.client import RegistryClient
 from syncd.rules import backup_tag, platform_selected
 
 log = logging.getLogger(__name__)
 
-# Chunks buffered per target while teeing one source stream: bounds memory to
-# QUEUE_DEPTH x CHUNK_SIZE per target however large the blob.
-QUEUE_DEPTH = 4
-# Remembered blob locations and manifests per process (the daemon keeps them across
-# passes, which is what makes no-op passes and cross-repository mounts cheap).
-MAX_LOCATIONS = 200_000
+# Manifests remembered per process: content-addressed, so never stale; the daemon keeps
+# them across passes, which is what makes no-op passes cheap.
 MAX_MANIFESTS = 8_192
-# Blobs above this go up in PATCH chunks, so an upload that breaks part-way resumes where
-# the registry says it stopped; smaller ones take the fewest requests (POST + one PUT).
-CHUNKED_THRESHOLD = 32 * 1024 * 1024
-# 16 MiB: few requests per blob for a busy target, little to redo if a chunk is lost.
-UPLOAD_CHUNK = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A repository on a registry."""
-
-    client: RegistryClient
-    repository: str
-
-    def __str__(self) -> str:
-        return f"{self.client.name}/{self.repository}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,26 +95,6 @@ class ImageResult:
         return any(o.action == "copied" for o in self.outcomes)
 
 
-class _LRU(OrderedDict[Any, Any]):
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
-
-
-@dataclass(slots=True)
-class _BlobCounts:
-    copied: int = 0
-    mounted: int = 0
-    skipped: int = 0
-    bytes: int = 0
-
-
 def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
     """A new index keeping only the children of the named platforms.
 
@@ -169,15 +127,8 @@ class CopyEngine:
         chunk_size: int = UPLOAD_CHUNK,
     ) -> None:
         self.metrics = metrics
-        self.chunked_threshold = chunked_threshold
-        self.chunk_size = chunk_size
-        # (target registry, digest) -> a repository known to hold it
-        self._locations: _LRU = _LRU(MAX_LOCATIONS)
-        self._manifests: _LRU = _LRU(MAX_MANIFESTS)
-        # (target registry, repository, digest) -> future of the task making it present
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
-        # (target registry, digest) -> future of an upload under way somewhere in it
-        self._uploading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self.blobs = BlobMover(metrics, chunked_threshold=chunked_threshold, chunk_size=chunk_size)
+        self._manifests: LRU = LRU(MAX_MANIFESTS)
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
@@ -304,7 +255,7 @@ class CopyEngine:
         # Phase 2: everything the manifest references, teed to all targets that lack it.
         start = time.monotonic()
         endpoints = [spec.endpoint for spec in todo]
-        counts = {t: _BlobCounts() for t in endpoints}
+        counts = {t: BlobCounts() for t in endpoints}
         failures: dict[Endpoint, BaseException] = {}
         try:
             if result.manifest is None:
@@ -378,13 +329,13 @@ class CopyEngine:
         source: Endpoint,
         targets: list[Endpoint],
         m: Manifest,
-        counts: dict[Endpoint, _BlobCounts],
+        counts: dict[Endpoint, BlobCounts],
         failures: dict[Endpoint, BaseException],
     ) -> None:
         """Make everything ``m`` references present at each target (not ``m`` itself)."""
         if not m.is_index:
             await asyncio.gather(
-                *(self.ensure_blob(source, targets, b, counts, failures) for b in m.blobs)
+                *(self.blobs.ensure_blob(source, targets, b, counts, failures) for b in m.blobs)
             )
             return
         for child_desc in m.children:
@@ -440,447 +391,3 @@ class CopyEngine:
         return list(blobs.values()), manifests
 
     # -- blobs ---------------------------------------------------------------------------
-    async def ensure_blob(
-        self,
-        source: Endpoint,
-        targets: Sequence[Endpoint],
-        blob: Descriptor,
-        counts: dict[Endpoint, _BlobCounts],
-        failures: dict[Endpoint, BaseException],
-    ) -> None:
-        """Make ``blob`` present in every live target repository, transferring it once.
-
-        Concurrent callers for the same (target registry, repository, digest) share one
-        task (single-flight); a failed task is forgotten so a later caller tries again.
-        Per-target errors land in ``failures``; one target's failure never stops another.
-        """
-        waits: list[tuple[Endpoint, asyncio.Future[str]]] = []
-        mine: list[tuple[Endpoint, asyncio.Future[str]]] = []
-        for t in targets:
-            if t in failures:
-                continue
-            key = (t.client.name, t.repository, blob.digest)
-            fut = self._inflight.get(key)
-            if fut is not None:
-                waits.append((t, fut))
-                continue
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[key] = fut
-            mine.append((t, fut))
-        try:
-            prepared = await asyncio.gather(
-                *(self._prepare(t, blob, counts[t]) for t, _ in mine), return_exceptions=True
-            )
-            uploads: list[tuple[Endpoint, str, asyncio.Future[str]]] = []
-            for (t, fut), prep in zip(mine, prepared, strict=True):
-                if isinstance(prep, asyncio.CancelledError):
-                    raise prep
-                if isinstance(prep, BaseException):
-                    fut.set_exception(prep)
-                elif prep is None:
-                    fut.set_result("present")
-                else:
-                    uploads.append((t, prep, fut))
-            if uploads:
-                await self._upload(source, blob, uploads, counts)
-        finally:
-            for t, fut in mine:
-                self._inflight.pop((t.client.name, t.repository, blob.digest), None)
-                if not fut.done():
-                    fut.cancel()
-        for t, fut in mine:
-            if not fut.cancelled() and fut.exception() is not None:
-                failures.setdefault(t, fut.exception())  # type: ignore[arg-type]
-        for t, fut in waits:
-            try:
-                await asyncio.shield(fut)
-            except SyncdError as e:
-                failures.setdefault(t, e)
-
-    def _remember(self, t: Endpoint, digest: str) -> None:
-        self._locations.remember((t.client.name, digest), t.repository)
-
-    async def _prepare(self, t: Endpoint, blob: Descriptor, counts: _BlobCounts) -> str | None:
-        """None if the blob is (now) in ``t``; else an upload location to stream it to."""
-        if await t.client.blob_head(t.repository, blob.digest) is not None:
-            self._remember(t, blob.digest)
-            counts.skipped += 1
-            if self.metrics:
-                self.metrics.blobs_skipped.labels(target=t.client.name).inc()
-            return None
-        reg_key = (t.client.name, blob.digest)
-        pending = self._uploading.get(reg_key)
-        if pending is not None:
-            # Another repository of this registry is receiving it now: wait, then mount.
-            with contextlib.suppress(SyncdError, asyncio.CancelledError):
-                await asyncio.shield(pending)
-        location: str | None = None
-        known = self._locations.get(reg_key)
-        if known and known != t.repository:
-            location = await t.client.blob_mount(t.repository, blob.digest, known)
-            if location is None:
-                self._remember(t, blob.digest)
-                counts.mounted += 1
-                if self.metrics:
-                    self.metrics.blobs_mounted.labels(target=t.client.name).inc()
-                return None
-            # Declined (the source repository lost it, or no pull right there): forget it.
-            self._locations.pop(reg_key, None)
-        if location is None:
-            location = await t.client.upload_start(t.repository)
-        return location
-
-    async def _upload(
-        self,
-        source: Endpoint,
-        blob: Descriptor,
-        uploads: list[tuple[Endpoint, str, asyncio.Future[str]]],
-        counts: dict[Endpoint, _BlobCounts],
-    ) -> None:
-        """Stream one source read to every upload, then resume or redo the failed ones.
-
-        A chunked upload that broke is resumed from the offset the registry reports
-        (re-reading the source from the nearest hash checkpoint); one the registry will not
-        resume, and every monolithic one, starts a fresh session. Attempts are bounded:
-        ``retries`` failures in a row that gained no new acknowledged bytes end it.
-        """
-        registry_futs: list[tuple[str, str]] = []
-        for t, _, _ in uploads:
-            reg_key = (t.client.name, blob.digest)
-            if reg_key not in self._uploading:
-                self._uploading[reg_key] = asyncio.get_running_loop().create_future()
-                registry_futs.append(reg_key)
-        try:
-            chunked = blob.size > self.chunked_threshold
-            sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
-            # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
-            # what lets a resumed upload still verify the WHOLE blob.
-            checkpoints: dict[int, Any] = {}
-            if chunked:
-                checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
-            attempts = max(1, source.client.attempts)
-            # Each batch is one source read: (sessions, offset the registry already holds).
-            batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
-            while batches:
-                failed: list[tuple[_Session, BaseException]] = []
-                for group, resume_at in batches:
-                    errors = await self._tee(
-                        source, blob, group, resume_at=resume_at, checkpoints=checkpoints
-                    )
-                    for s, err in zip(group, errors, strict=True):
-                        if err is None:
-                            self._copied(s.endpoint, blob, counts)
-                            s.future.set_result("copied")
-                        else:
-                            failed.append((s, err))
-                retry: list[_Session] = []
-                for s, err in failed:
-                    if s.acked > s.best:
-                        s.best = s.acked  # new bytes acknowledged: the budget starts over
-                        s.failures = 0
-                    s.failures += 1
-                    if isinstance(err, SyncdError) and err.retryable and s.failures < attempts:
-                        retry.append(s)
-                    else:
-                        s.future.set_exception(err)
-                        await self._abandon(s)
-                if not retry:
-                    return
-                log.warning(
-                    "blob %s: upload to %d target(s) failed (%s), retrying",
-                    blob.digest,
-                    len(retry),
-                    "; ".join(str(err) for _, err in failed)[:300],
-                    extra={"event": "retry", "digest": blob.digest},
-                )
-                for s in retry:
-                    if source.client.transport.metrics:
-                        source.client.transport.metrics.retries.labels(
-                            registry=s.endpoint.client.name
-                        ).inc()
-                worst = max(s.failures for s in retry)
-                await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
-                batches = []
-                fresh: list[_Session] = []
-                for s in retry:
-                    at = await self._resume_point(s, blob)
-                    if at is not None:
-                        batches.append(([s], at))
-                        continue
-                    try:
-                        s.location = await s.endpoint.client.upload_start(s.endpoint.repository)
-                    except SyncdError as e:
-                        s.future.set_exception(e)
-                        continue
-                    s.acked = 0
-                    fresh.append(s)
-                if fresh:
-                    # Targets starting over still share one source read.
-                    batches.append((fresh, 0))
-        finally:
-            for reg_key in registry_futs:
-                fut = self._uploading.pop(reg_key)
-                fut.set_result("done")
-
-    async def _abandon(self, s: _Session) -> None:
-        """Best effort: tell the registry to drop a session we give up on (its partial
-        bytes would otherwise wait for the registry's upload purging)."""
-        with contextlib.suppress(SyncdError):
-            await s.endpoint.client.upload_cancel(s.endpoint.repository, s.location)
-
-    def _copied(self, t: Endpoint, blob: Descriptor, counts: dict[Endpoint, _BlobCounts]) -> None:
-        self._remember(t, blob.digest)
-        counts[t].copied += 1
-        counts[t].bytes += blob.size
-        if self.metrics:
-            self.metrics.blobs_copied.labels(target=t.client.name).inc()
-            self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(blob.size)
-
-    async def _resume_point(self, s: _Session, blob: Descriptor) -> int | None:
-        """The offset to resume ``s`` at, or None to start a fresh session.
-
-        Asks the registry (``GET`` on the upload URL, ``Range: 0-N``). CNCF distribution
-        2.8 refuses, and cancels, a session whose stored size no longer matches the offset
-        signed into its upload URL, which is what a break in the middle of a PATCH body
-        leaves behind (it keeps the partial bytes); then only a fresh session works. A
-        break before any body byte arrived (a dropped keep-alive connection, a registry
-        restarted between chunks) resumes.
-        """
-        t = s.endpoint
-        if not s.chunked or s.acked == 0:
-            return None
-        try:
-            offset, location = await t.client.upload_status(t.repository, s.location)
-        except SyncdError as e:
-            log.info(
-                "blob %s: %s cannot resume its upload (%s); starting afresh",
-                blob.digest,
-                t,
-                e,
-                extra={"event": "upload_restart", "digest": blob.digest},
-            )
-            return None
-        # "0-0" means both 0 and 1 byte in distribution's answer; neither is worth resuming.
-        if not 1 < offset <= blob.size:
-            with contextlib.suppress(SyncdError):
-                await t.client.upload_cancel(t.repository, location)
-            return None
-        s.location = location
-        s.acked = offset
-        log.info(
-            "blob %s: resuming upload to %s at byte %d of %d",
-            blob.digest,
-            t,
-            offset,
-            blob.size,
-            extra={"event": "upload_resume", "digest": blob.digest},
-        )
-        return offset
-
-    def _pieces(self, chunk: bytes, offset: int, chunked: bool) -> list[bytes]:
-        """``chunk`` (starting at ``offset``) split so no piece crosses a chunk boundary."""
-        if not chunked:
-            return [chunk]
-        out = []
-        size = self.chunk_size
-        while chunk:
-            room = size - offset % size
-            out.append(chunk[:room])
-            chunk = chunk[room:]
-            offset += room
-        return out
-
-    async def _tee(
-        self,
-        source: Endpoint,
-        blob: Descriptor,
-        sessions: Sequence[_Session],
-        *,
-        resume_at: int = 0,
-        checkpoints: dict[int, Any],
-    ) -> list[BaseException | None]:
-        """One GET from the source, streamed to every session at once.
-
-        With ``resume_at`` the registry already holds that many bytes: the source is read
-        from the nearest checkpoint before it, those bytes are hashed but not sent. Returns
-        one error (or None) per session. A source failure fails all of them.
-        """
-        chunked = sessions[0].chunked
-        start = max(k for k in checkpoints if k <= resume_at) if resume_at else 0
-        queues: list[asyncio.Queue[bytes | BaseException | None]] = [
-            asyncio.Queue(QUEUE_DEPTH) for _ in sessions
-        ]
-        dead = [False] * len(sessions)
-
-        async def put_all(item: bytes | BaseException | None) -> None:
-            for i, q in enumerate(queues):
-                if not dead[i]:
-                    await q.put(item)
-
-        async def produce() -> None:
-            try:
-                try:
-                    await read(start)
-                except ClientRequestError as e:
-                    # A source that ignores Range answers 200 (or 416): nothing has been
-                    # forwarded yet, so hash from byte 0 instead and still skip what the
-                    # target holds.
-                    if not start or e.status not in (200, 416):
-                        raise
-                    await read(0)
-            except BaseException as e:
-                for q in queues:
-                    _force_put(q, e)
-                raise
-
-        async def read(begin_at: int) -> None:
-            algorithm = blob.digest.partition(":")[0]
-            h = checkpoints[begin_at].copy() if begin_at else hashlib.new(algorithm)
-            offset = begin_at
-            held: bytes | None = None
-            async with source.client.blob_get(
-                source.repository, blob.digest, size=blob.size, offset=begin_at
-            ) as chunks:
-                async for chunk in chunks:
-                    for piece in self._pieces(chunk, offset, chunked):
-                        h.update(piece)
-                        begin, offset = offset, offset + len(piece)
-                        if chunked and offset % self.chunk_size == 0:
-                            checkpoints.setdefault(offset, h.copy())
-                        if offset <= resume_at:
-                            continue  # the registry has these bytes already
-                        if begin < resume_at:
-                            piece = piece[resume_at - begin :]
-                        if held is not None:
-                            await put_all(held)
-                        held = piece
-            actual = f"{algorithm}:{h.hexdigest()}"
-            if actual != blob.digest or offset != blob.size:
-                raise DigestMismatchError(
-                    f"{source}@{blob.digest}",
-                    f"{blob.digest} ({blob.size} bytes)",
-                    f"{actual} ({offset} bytes)",
-                )
-            # Only now, with the digest proven, may the last bytes go out: the
-            # target cannot commit an upload it has not received in full.
-            if held is not None:
-                await put_all(held)
-            await put_all(None)
-
-        async def consume(i: int) -> None:
-            s = sessions[i]
-            t = s.endpoint
-            pieces = _Pieces(queues[i])
-            try:
-                if s.chunked:
-                    await self._send_chunks(s, blob, pieces, resume_at)
-                else:
-                    await t.client.upload_put(
-                        t.repository,
-                        s.location,
-                        blob.digest,
-                        blob.size,
-                        pieces.body(blob.size),
-                    )
-            except BaseException:
-                dead[i] = True
-                _drain(queues[i])
-                raise
-
-        results = await asyncio.gather(
-            produce(), *(consume(i) for i in range(len(sessions))), return_exceptions=True
-        )
-        source_error = results[0]
-        out: list[BaseException | None] = []
-        for r in results[1:]:
-            if isinstance(source_error, BaseException):
-                out.append(source_error)
-            elif isinstance(r, BaseException):
-                out.append(r)
-            else:
-                out.append(None)
-        for r in results:
-            if isinstance(r, asyncio.CancelledError):
-                raise r
-        return out
-
-    async def _send_chunks(
-        self, s: _Session, blob: Descriptor, pieces: _Pieces, offset: int
-    ) -> None:
-        """PATCH chunk after chunk from ``offset``; the last chunk rides in the committing PUT.
-
-        ``s.acked`` advances only when the registry answers a PATCH, so after a failure it
-        is the last offset the registry is known to hold.
-        """
-        t = s.endpoint
-        while True:
-            boundary = (offset // self.chunk_size + 1) * self.chunk_size
-            if boundary >= blob.size:
-                n = blob.size - offset
-                if n == 0:
-                    await pieces.end()  # the digest is proven before the commit
-                await t.client.upload_put(
-                    t.repository,
-                    s.location,
-                    blob.digest,
-                    n,
-                    pieces.body(n) if n else None,
-                )
-                return
-            n = boundary - offset
-            s.location = await t.client.upload_patch(
-                t.repository, s.location, offset, pieces.body(n), length=n
-            )
-            offset = boundary
-            s.acked = offset
-
-
-@dataclass(slots=True, eq=False)
-class _Session:
-    """One target's upload of one blob: where it is and what the registry acknowledged."""
-
-    endpoint: Endpoint
-    location: str
-    future: asyncio.Future[str]
-    chunked: bool
-    acked: int = 0  # end of the last PATCH the registry answered
-    best: int = 0  # the most ever acknowledged, so only real progress resets ``failures``
-    failures: int = 0  # failed attempts since the last progress
-
-
-class _Pieces:
-    """A consumer's view of its queue: exactly ``n`` bytes at a time, or an error."""
-
-    def __init__(self, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
-        self._queue = queue
-
-    async def take(self, n: int) -> AsyncIterator[bytes]:
-        left = n
-        while left > 0:
-            item = await self._queue.get()
-            if item is None or isinstance(item, BaseException) or len(item) > left:
-                raise _SourceFailed()
-            left -= len(item)
-            yield item
-
-    def body(self, n: int) -> Callable[[], AsyncIterator[bytes]]:
-        """A request body factory for the next ``n`` bytes (used once: not replayable)."""
-        return lambda: self.take(n)
-
-    async def end(self) -> None:
-        if await self._queue.get() is not None:
-            raise _SourceFailed()
-
-
-class _SourceFailed(Exception):
-    """Raised inside an upload body when the source stream failed; aborts that request."""
-
-
-def _drain(q: asyncio.Queue[Any]) -> None:
-    while not q.empty():
-        q.get_nowait()
-
-
-def _force_put(q: asyncio.Queue[Any], item: Any) -> None:
-    _drain(q)
-    q.put_nowait(item)

@@ -31,8 +31,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
-from syncd.copy import CopyEngine, Endpoint, ImageResult, TargetSpec
+from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
 from syncd.manifest import INDEX_TYPES, OCI_INDEX, Manifest, parse_manifest
 from syncd.metrics import Metrics

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Seque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
-from syncd.copy import CopyEngine, Endpoint, ImageResult, TargetSpec
+from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, failure_reason
 from syncd.manifest import Descriptor
 from syncd.metrics import Metrics

@@ -23,7 +23,14 @@ L0 = {
     "syncd.durations",
 }
 L1_PREFIXES = ("syncd.config.load", "syncd.registry", "syncd.metrics", "syncd.logs")
-L2_PREFIXES = ("syncd.copy", "syncd.sync", "syncd.server", "syncd.daemon", "syncd.referrers")
+L2_PREFIXES = (
+    "syncd.copy",
+    "syncd.blobs",
+    "syncd.sync",
+    "syncd.server",
+    "syncd.daemon",
+    "syncd.referrers",
+)
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
 
