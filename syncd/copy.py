@@ -23,14 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from syncd.blobs import (
-    CHUNKED_THRESHOLD,
-    LRU,
-    UPLOAD_CHUNK,
-    BlobCounts,
-    BlobMover,
-    Endpoint,
-)
+from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
 from syncd.errors import (
     ManifestInvalidError,
     NotFoundError,
@@ -117,17 +110,11 @@ def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
 
 
 class CopyEngine:
-    """Copies images; remembers, per target registry, where blobs already live."""
+    """Copies images in integrity order; caches manifests by digest across passes."""
 
-    def __init__(
-        self,
-        metrics: Metrics | None = None,
-        *,
-        chunked_threshold: int = CHUNKED_THRESHOLD,
-        chunk_size: int = UPLOAD_CHUNK,
-    ) -> None:
+    def __init__(self, metrics: Metrics | None = None, *, blobs: BlobMover | None = None) -> None:
         self.metrics = metrics
-        self.blobs = BlobMover(metrics, chunked_threshold=chunked_threshold, chunk_size=chunk_size)
+        self.blobs = blobs or BlobMover(metrics)
         self._manifests: LRU = LRU(MAX_MANIFESTS)
 
     # -- manifests -----------------------------------------------------------------------
