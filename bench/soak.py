@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,8 @@ class PassSample:
     rss_mb: float
     fds: int
     hwm_mb: float
+    source_requests: int = 0
+    target_requests: int = 0
 
 
 def proc_status(pid: int) -> tuple[float, float]:
@@ -138,7 +141,9 @@ def _metrics_passes(url: str) -> tuple[float, float]:
     return found.get("count", 0.0), found.get("sum", 0.0)
 
 
-def soak_run(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> list[PassSample]:
+def soak_run(
+    args: argparse.Namespace, cfg: Path, log: Path, churn: Churn, regs: tuple[Registry, Registry]
+) -> list[PassSample]:
     """One ``syncd run``; sample after each finished pass."""
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
@@ -150,6 +155,7 @@ def soak_run(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> li
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         seen = spent = 0.0
+        marks = [r.log_mark() for r in regs]
         deadline = time.monotonic() + args.timeout
         while len(samples) < args.passes and time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -161,6 +167,9 @@ def soak_run(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> li
                 seen, spent = count, total
                 rss, hwm = proc_status(proc.pid)
                 s = PassSample(len(samples), seconds, rss, fd_count(proc.pid), hwm)
+                # Requests since the previous sample: about one pass's worth, since the
+                # next pass starts only after the interval.
+                s.source_requests, s.target_requests = _requests(regs, marks)
                 samples.append(s)
                 _show(s)
                 if args.churn_every and len(samples) % args.churn_every == 0:
@@ -176,12 +185,15 @@ def soak_run(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> li
     return samples
 
 
-def soak_once(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> list[PassSample]:
+def soak_once(
+    args: argparse.Namespace, cfg: Path, log: Path, churn: Churn, regs: tuple[Registry, Registry]
+) -> list[PassSample]:
     """``syncd once`` again and again; each process polled for its peaks while it runs."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [PYTHON, "-m", "syncd", "-c", str(cfg), "--log-level", "warning", "once"]
     samples: list[PassSample] = []
     deadline = time.monotonic() + args.timeout
+    marks = [r.log_mark() for r in regs]
     for i in range(args.passes):
         if time.monotonic() > deadline:
             break
@@ -202,6 +214,7 @@ def soak_once(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> l
         if proc.wait() != 0:
             raise RuntimeError(f"syncd once exited with {proc.returncode}; see {log}")
         s = PassSample(i, time.monotonic() - t0, rss, fds, hwm)
+        s.source_requests, s.target_requests = _requests(regs, marks)
         samples.append(s)
         _show(s)
         if args.churn_every and (i + 1) % args.churn_every == 0:
@@ -209,10 +222,19 @@ def soak_once(args: argparse.Namespace, cfg: Path, log: Path, churn: Churn) -> l
     return samples
 
 
+def _requests(regs: tuple[Registry, Registry], marks: list[int]) -> tuple[int, int]:
+    """syncd's requests at (source, target) since ``marks``, which move on to now."""
+    counts = []
+    for i, reg in enumerate(regs):
+        counts.append(len(reg.accesses(since=marks[i], agent="syncd/")))
+        marks[i] = reg.log_mark()
+    return counts[0], counts[1]
+
+
 def _show(s: PassSample) -> None:
     print(
         f"  pass {s.index:3d}: {s.seconds:6.2f}s  rss {s.rss_mb:6.1f} MB  "
-        f"hwm {s.hwm_mb:6.1f} MB  fds {s.fds}",
+        f"hwm {s.hwm_mb:6.1f} MB  fds {s.fds}  requests {s.source_requests}/{s.target_requests}",
         file=sys.stderr,
         flush=True,
     )
@@ -232,7 +254,12 @@ def report(args: argparse.Namespace, samples: list[PassSample]) -> dict[str, Any
         "pass_seconds": {
             "first": measured[0].seconds,
             "last": measured[-1].seconds,
+            "median": statistics.median(s.seconds for s in measured),
             "slope_per_pass": slope([s.seconds for s in measured]),
+        },
+        "requests_per_pass_median": {
+            "source": statistics.median(s.source_requests for s in measured),
+            "target": statistics.median(s.target_requests for s in measured),
         },
         "rss_growth_mb": rss_growth,
         "fd_growth": fd_growth,
@@ -269,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         log = OUT_DIR / "soak-syncd.log"
         run = soak_run if args.mode == "run" else soak_once
         try:
-            samples = run(args, cfg, log, churn)
+            samples = run(args, cfg, log, churn, (src, tgt))
         except RuntimeError as e:
             print(f"soak: {e}", file=sys.stderr)
             return 2
