@@ -630,6 +630,10 @@ def evaluate(
     def le(v: float | None, limit: float) -> bool | None:
         return None if v is None else v <= limit
 
+    # Figures of a pass that failed or left a wrong digest behind would mean nothing.
+    for tool in dict.fromkeys(s.tool for s in samples):
+        bad = [s for s in samples if s.tool == tool and (s.proc.failures or s.verified is False)]
+        check(f"{tool}: every pass exited 0 and its tags verified", len(bad), "= 0", not bad)
     r = ratio("cold", "wall_s")
     check("cold: wall ≤ 0.5× skopeo", r, "≤ 0.5", le(r, 0.5))
     # Paired too: the bound is measured at the start of each repetition, next to the passes
