@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -843,6 +844,16 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
 
+    # Optional tools are checked before a ten-minute run, not after it.
+    missing = []
+    if args.profile and not (ROOT / ".venv/bin/py-spy").exists():
+        missing.append("py-spy")
+    if args.profile and importlib.util.find_spec("pyinstrument") is None:
+        missing.append("pyinstrument")
+    if args.uvloop and importlib.util.find_spec("uvloop") is None:
+        missing.append("uvloop")
+    if missing:
+        ap.error(f"install into the venv first: .venv/bin/pip install {' '.join(missing)}")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     main_corpus = C.build_main(args.scale)
