@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -864,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     if args.only:
         bench.tools = [t for t in bench.tools if t.name == args.only]
+    error = None
     try:
         src = bench.registry()
         asyncio.run(C.push(src.url, main_corpus))
@@ -874,6 +876,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.big_blob(big)
         if args.profile:
             bench.profile(main_corpus, src, many)
+    except Exception as e:
+        # Keep what was measured: the JSON and table below still get written.
+        error = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
     finally:
         bench.close()
     summary = summarize(bench.samples)
@@ -892,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
         "bound": bench.bound,
         "samples": [asdict(s) for s in bench.samples],
         "extras": bench.extras,
+        "error": error,
         "elapsed_s": time.perf_counter() - t0,
     }
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -901,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(summary, checks, bench.bound))
     print(f"\n{len(bench.samples)} passes in {doc['elapsed_s']:.0f}s; "
           f"JSON: bench/out/results-{stamp}.json", file=sys.stderr)  # fmt: skip
+    if error:
+        print(f"bench stopped early: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
