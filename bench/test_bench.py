@@ -7,6 +7,7 @@ gzip'd tars, the access-log accounting and the soak's slope.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gzip
 import hashlib
@@ -20,7 +21,7 @@ import pytest
 
 from bench import corpus as C
 from bench import run as R
-from bench.soak import slope
+from bench.soak import PassSample, report, slope
 from tests.helpers.registry import RegistryFactory
 
 
@@ -94,3 +95,14 @@ def test_slope_and_paired_summary() -> None:
     row = R.summarize(samples)["cold"]["wall_s"]
     assert row["syncd"] == 2.0 and row["skopeo"] == 4.0
     assert row["ratio"] == pytest.approx((0.25 + 0.75) / 2)
+
+
+def test_soak_flags_growth_but_not_noise() -> None:
+    args = argparse.Namespace(warmup=2, max_rss_growth_mb=16.0, max_fd_growth=8.0)
+    flat = [PassSample(i, 1.0, 50.0 + (i % 2) * 0.5, 20, 60.0) for i in range(20)]
+    assert report(args, flat)["ok"]
+    leaking = [PassSample(i, 1.0, 50.0 + i * 2.0, 20 + i, 60.0) for i in range(20)]
+    result = report(args, leaking)
+    assert not result["ok"]
+    assert result["rss_growth_mb"] == pytest.approx(36.0)
+    assert result["fd_growth"] == pytest.approx(18.0)
