@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ QUEUE_DEPTH = 4
 # Remembered blob locations per process (the daemon keeps them across passes, which is
 # what makes cross-repository mounts work from one pass to the next).
 MAX_LOCATIONS = 200_000
+# How long a blob this process saw in a target repository is taken as still there without
+# another HEAD: long enough to cover a pass (images of one repository share layers), short
+# enough that a registry garbage collection is noticed on a later pass.
+PRESENT_TTL = 600.0
 # Blobs above this go up in PATCH chunks, so an upload that breaks part-way resumes where
 # the registry says it stopped; smaller ones take the fewest requests (POST + one PUT).
 CHUNKED_THRESHOLD = 32 * 1024 * 1024
@@ -97,6 +102,8 @@ class BlobMover:
         self.chunk_size = chunk_size
         # (target registry, digest) -> a repository known to hold it
         self._locations: LRU = LRU(MAX_LOCATIONS)
+        # (target registry, repository, digest) -> when this process last saw it there
+        self._present: LRU = LRU(MAX_LOCATIONS)
         # (target registry, repository, digest) -> future of the task making it present
         self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         # (target registry, digest) -> future of an upload under way somewhere in it
@@ -161,10 +168,24 @@ class BlobMover:
 
     def _remember(self, t: Endpoint, digest: str) -> None:
         self._locations.remember((t.client.name, digest), t.repository)
+        self._present.remember((t.client.name, t.repository, digest), time.monotonic())
+
+    def forget_repository(self, t: Endpoint) -> None:
+        """Stop trusting what was seen in ``t`` (a manifest PUT there failed: maybe a GC)."""
+        for key in [k for k in self._present if k[0] == t.client.name and k[1] == t.repository]:
+            del self._present[key]
+        for key in [k for k, repo in self._locations.items() if repo == t.repository]:
+            del self._locations[key]
+
+    def _seen(self, t: Endpoint, digest: str) -> bool:
+        at = self._present.get((t.client.name, t.repository, digest))
+        return at is not None and time.monotonic() - at < PRESENT_TTL
 
     async def _prepare(self, t: Endpoint, blob: Descriptor, counts: BlobCounts) -> str | None:
         """None if the blob is (now) in ``t``; else an upload location to stream it to."""
-        if await t.client.blob_head(t.repository, blob.digest) is not None:
+        if self._seen(t, blob.digest) or (
+            await t.client.blob_head(t.repository, blob.digest) is not None
+        ):
             self._remember(t, blob.digest)
             counts.skipped += 1
             if self.metrics:

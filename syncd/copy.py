@@ -307,7 +307,12 @@ class CopyEngine:
         )
 
     async def _put_manifest(self, t: Endpoint, reference: str, m: Manifest) -> None:
-        await t.client.manifest_put(t.repository, reference, m.raw, m.media_type)
+        try:
+            await t.client.manifest_put(t.repository, reference, m.raw, m.media_type)
+        except SyncdError:
+            # Perhaps a blob we remembered there is gone (a registry GC): check again next time.
+            self.blobs.forget_repository(t)
+            raise
         if self.metrics:
             self.metrics.manifest_pushes.labels(target=t.client.name, repository=t.repository).inc()
 

@@ -237,3 +237,20 @@ async def test_target_bytes_follow_what_the_rules_keep(source: Registry, target:
         http("DELETE", f"{source.url}/v2/t/b/manifests/{b.digest}")
         await syncer.run_rule(cfg.rules[0])
         assert gauge() == sum(len(x.data) for x in a.blobs)
+
+
+async def test_layers_shared_within_a_repository_are_checked_once(
+    source: Registry, target: Registry
+) -> None:
+    base = [layer("within-0", 5_000), layer("within-1", 5_000)]
+    for i in range(3):
+        push(source.url, "w/in", f"v{i}", image(f"within{i}", layers=1, size=500, shared=base))
+    mark = target.log_mark()
+    result = await sync(make_config(source, [target], ["w/in"], concurrency=1))
+    assert result.ok and result.synced == 3
+    heads = [a.path for a in target.accesses(mark, UA) if a.kind == "blob_head"]
+    assert len(heads) == len(set(heads)), "a blob was checked twice in one pass"
+    assert (
+        not any(base[0].digest in h for h in heads[1:])
+        or heads.count(f"/v2/w/in/blobs/{base[0].digest}") == 1
+    )
