@@ -183,13 +183,8 @@ class BlobMover:
 
     async def _prepare(self, t: Endpoint, blob: Descriptor, counts: BlobCounts) -> str | None:
         """None if the blob is (now) in ``t``; else an upload location to stream it to."""
-        if self._seen(t, blob.digest) or (
-            await t.client.blob_head(t.repository, blob.digest) is not None
-        ):
-            self._remember(t, blob.digest)
-            counts.skipped += 1
-            if self.metrics:
-                self.metrics.blobs_skipped.labels(target=t.client.name).inc()
+        if self._seen(t, blob.digest):
+            self._skipped(t, blob, counts)
             return None
         reg_key = (t.client.name, blob.digest)
         pending = self._uploading.get(reg_key)
@@ -200,6 +195,8 @@ class BlobMover:
         location: str | None = None
         known = self._locations.get(reg_key)
         if known and known != t.repository:
+            # A mount answers 201 whether it links the blob or the repository already had
+            # it, so it stands in for the HEAD: one request instead of two.
             location = await t.client.blob_mount(t.repository, blob.digest, known)
             if location is None:
                 self._remember(t, blob.digest)
@@ -209,9 +206,21 @@ class BlobMover:
                 return None
             # Declined (the source repository lost it, or no pull right there): forget it.
             self._locations.pop(reg_key, None)
+        if await t.client.blob_head(t.repository, blob.digest) is not None:
+            if location is not None:
+                with contextlib.suppress(SyncdError):
+                    await t.client.upload_cancel(t.repository, location)
+            self._skipped(t, blob, counts)
+            return None
         if location is None:
             location = await t.client.upload_start(t.repository)
         return location
+
+    def _skipped(self, t: Endpoint, blob: Descriptor, counts: BlobCounts) -> None:
+        self._remember(t, blob.digest)
+        counts.skipped += 1
+        if self.metrics:
+            self.metrics.blobs_skipped.labels(target=t.client.name).inc()
 
     async def _upload(
         self,
