@@ -251,7 +251,9 @@ class Syncer:
         chosen: dict[tuple[str, str], set[str]],
     ) -> AsyncIterator[_Job]:
         source = self.pool.client(source_name).with_retries(rule.retries)
-        all_tags = await source.tags_list(repo)
+        # A repository the rule names exactly must exist; one found through a glob does.
+        exact = repo in rule.repositories
+        all_tags = await source.tags_list(repo, missing_ok=not exact)
         if not all_tags and not rule.tags.names:
             log.warning(
                 "%s/%s has no tags",

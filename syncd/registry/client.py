@@ -345,7 +345,9 @@ class RegistryClient:
         )
 
     # -- listings ----------------------------------------------------------------------
-    async def _paginate(self, path: str, key: str, repository: str, scope: str) -> list[str]:
+    async def _paginate(
+        self, path: str, key: str, repository: str, scope: str, *, missing_ok: bool = True
+    ) -> list[str]:
         out: list[str] = []
         next_path: str | None = path
         query: tuple[tuple[str, str], ...] = (("n", str(_PAGE_SIZE)),)
@@ -359,7 +361,7 @@ class RegistryClient:
                     repository=repository,
                     query=query,
                     scopes=(scope,) if scope else (),
-                    absent=(404,) if key == "tags" else (),
+                    absent=(404,) if missing_ok else (),
                 )
             )
             if resp.status == 404:
@@ -383,15 +385,25 @@ class RegistryClient:
             f"{key} listing exceeded {_MAX_PAGES} pages", registry=self.name, repository=repository
         )
 
-    async def tags_list(self, repository: str) -> list[str]:
-        """Every tag of a repository (an empty list if the repository does not exist)."""
+    async def tags_list(self, repository: str, *, missing_ok: bool = True) -> list[str]:
+        """Every tag of a repository.
+
+        A repository that does not exist is an empty list, or with ``missing_ok=False`` a
+        ``NotFoundError`` (a source repository a rule names exactly must exist).
+        """
         return await self._paginate(
-            f"/v2/{repository}/tags/list", "tags", repository, repository_scope(repository, "pull")
+            f"/v2/{repository}/tags/list",
+            "tags",
+            repository,
+            repository_scope(repository, "pull"),
+            missing_ok=missing_ok,
         )
 
     async def catalog(self) -> list[str]:
         """Every repository of the registry, through ``_catalog`` pagination."""
-        return await self._paginate("/v2/_catalog", "repositories", "", "registry:catalog:*")
+        return await self._paginate(
+            "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
+        )
 
     # -- referrers ---------------------------------------------------------------------
     async def referrers(

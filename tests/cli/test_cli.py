@@ -193,3 +193,19 @@ def test_json_logs_one_event_per_image(seeded: Registry, target: Registry, tmp_p
     e = copies[0]
     assert {"rule", "source", "target", "digest", "bytes", "seconds", "result"} <= set(e)
     assert e["result"] == "copied" and e["bytes"] > 0
+
+
+def test_an_exact_repository_missing_at_the_source_fails(
+    seeded: Registry, target: Registry, tmp_path: Path
+) -> None:
+    cfg = write_config(
+        tmp_path / "c.yaml", seeded, [target], repositories=["team-b/tool", "team-z/nothing"]
+    )
+    r = run("-c", str(cfg), "once")
+    assert r.returncode == 1
+    assert "team-z/nothing" in r.stderr and "not found" in r.stderr
+    assert "synced=1" in r.stdout and "failed=1" in r.stdout
+    # a glob that matches nothing is not an error
+    cfg = write_config(tmp_path / "g.yaml", seeded, [target], repositories=["team-z/*"])
+    r = run("-c", str(cfg), "once")
+    assert r.returncode == 0 and "synced=0 skipped=0 failed=0" in r.stdout
