@@ -209,3 +209,32 @@ def test_an_exact_repository_missing_at_the_source_fails(
     cfg = write_config(tmp_path / "g.yaml", seeded, [target], repositories=["team-z/*"])
     r = run("-c", str(cfg), "once")
     assert r.returncode == 0 and "synced=0 skipped=0 failed=0" in r.stdout
+
+
+def test_once_listen_serves_metrics_during_the_pass(
+    source: Registry, target: Registry, tmp_path: Path
+) -> None:
+    import time
+    import urllib.request
+
+    push(source.url, "big/one", "v1", image("listen-big", layers=1, size=40 * 1024 * 1024))
+    cfg = write_config(tmp_path / "c.yaml", source, [target], repositories=["big/one"])
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    scraped = ""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and not scraped:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                scraped = resp.read().decode()
+        except OSError:
+            time.sleep(0.02)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "syncd_registry_requests_total" in scraped
+    assert "synced=1" in out
