@@ -136,9 +136,24 @@ class BlobMover:
             fut = asyncio.get_running_loop().create_future()
             self._inflight[key] = fut
             mine.append((t, fut))
+        # Claim each target registry for this blob before the first await: a concurrent
+        # copy of the same blob into another repository of that registry then waits and
+        # mounts instead of uploading it again. All claims are taken in one step, so two
+        # copies spanning the same registries can never wait on each other.
+        claims: list[tuple[str, str]] = []
+        pending: dict[Endpoint, asyncio.Future[str]] = {}
+        for t, _ in mine:
+            reg_key = (t.client.name, blob.digest)
+            other = self._uploading.get(reg_key)
+            if other is None:
+                self._uploading[reg_key] = asyncio.get_running_loop().create_future()
+                claims.append(reg_key)
+            elif reg_key not in claims:
+                pending[t] = other
         try:
             prepared = await asyncio.gather(
-                *(self._prepare(t, blob, counts[t]) for t, _ in mine), return_exceptions=True
+                *(self._prepare(t, blob, counts[t], pending.get(t)) for t, _ in mine),
+                return_exceptions=True,
             )
             uploads: list[tuple[Endpoint, str, asyncio.Future[str]]] = []
             for (t, fut), prep in zip(mine, prepared, strict=True):
@@ -153,6 +168,8 @@ class BlobMover:
             if uploads:
                 await self._upload(source, blob, uploads, counts)
         finally:
+            for reg_key in claims:
+                self._uploading.pop(reg_key).set_result("done")
             for t, fut in mine:
                 self._inflight.pop((t.client.name, t.repository, blob.digest), None)
                 if not fut.done():
@@ -181,13 +198,18 @@ class BlobMover:
         at = self._present.get((t.client.name, t.repository, digest))
         return at is not None and time.monotonic() - at < PRESENT_TTL
 
-    async def _prepare(self, t: Endpoint, blob: Descriptor, counts: BlobCounts) -> str | None:
+    async def _prepare(
+        self,
+        t: Endpoint,
+        blob: Descriptor,
+        counts: BlobCounts,
+        pending: asyncio.Future[str] | None,
+    ) -> str | None:
         """None if the blob is (now) in ``t``; else an upload location to stream it to."""
         if self._seen(t, blob.digest):
             self._skipped(t, blob, counts)
             return None
         reg_key = (t.client.name, blob.digest)
-        pending = self._uploading.get(reg_key)
         if pending is not None:
             # Another repository of this registry is receiving it now: wait, then mount.
             with contextlib.suppress(SyncdError, asyncio.CancelledError):
@@ -236,83 +258,72 @@ class BlobMover:
         resume, and every monolithic one, starts a fresh session. Attempts are bounded:
         ``retries`` failures in a row that gained no new acknowledged bytes end it.
         """
-        registry_futs: list[tuple[str, str]] = []
-        for t, _, _ in uploads:
-            reg_key = (t.client.name, blob.digest)
-            if reg_key not in self._uploading:
-                self._uploading[reg_key] = asyncio.get_running_loop().create_future()
-                registry_futs.append(reg_key)
-        try:
-            chunked = blob.size > self.chunked_threshold
-            sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
-            # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
-            # what lets a resumed upload still verify the WHOLE blob.
-            checkpoints: dict[int, Any] = {}
-            if chunked:
-                checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
-            attempts = max(1, source.client.attempts)
-            # Each batch is one source read: (sessions, offset the registry already holds).
-            batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
-            while batches:
-                failed: list[tuple[_Session, BaseException]] = []
-                for group, resume_at in batches:
-                    errors = await self._tee(
-                        source, blob, group, resume_at=resume_at, checkpoints=checkpoints
-                    )
-                    for s, err in zip(group, errors, strict=True):
-                        if err is None:
-                            self._copied(s.endpoint, blob, counts)
-                            s.future.set_result("copied")
-                        else:
-                            failed.append((s, err))
-                retry: list[_Session] = []
-                for s, err in failed:
-                    if s.acked > s.best:
-                        s.best = s.acked  # new bytes acknowledged: the budget starts over
-                        s.failures = 0
-                    s.failures += 1
-                    if isinstance(err, SyncdError) and err.retryable and s.failures < attempts:
-                        retry.append(s)
-                    else:
-                        s.future.set_exception(err)
-                        await self._abandon(s)
-                if not retry:
-                    return
-                log.warning(
-                    "blob %s: upload to %d target(s) failed (%s), retrying",
-                    blob.digest,
-                    len(retry),
-                    "; ".join(str(err) for _, err in failed)[:300],
-                    extra={"event": "retry", "digest": blob.digest},
+        chunked = blob.size > self.chunked_threshold
+        sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
+        # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
+        # what lets a resumed upload still verify the WHOLE blob.
+        checkpoints: dict[int, Any] = {}
+        if chunked:
+            checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
+        attempts = max(1, source.client.attempts)
+        # Each batch is one source read: (sessions, offset the registry already holds).
+        batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
+        while batches:
+            failed: list[tuple[_Session, BaseException]] = []
+            for group, resume_at in batches:
+                errors = await self._tee(
+                    source, blob, group, resume_at=resume_at, checkpoints=checkpoints
                 )
-                for s in retry:
-                    if source.client.transport.metrics:
-                        source.client.transport.metrics.retries.labels(
-                            registry=s.endpoint.client.name
-                        ).inc()
-                worst = max(s.failures for s in retry)
-                await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
-                batches = []
-                fresh: list[_Session] = []
-                for s in retry:
-                    at = await self._resume_point(s, blob)
-                    if at is not None:
-                        batches.append(([s], at))
-                        continue
-                    try:
-                        s.location = await s.endpoint.client.upload_start(s.endpoint.repository)
-                    except SyncdError as e:
-                        s.future.set_exception(e)
-                        continue
-                    s.acked = 0
-                    fresh.append(s)
-                if fresh:
-                    # Targets starting over still share one source read.
-                    batches.append((fresh, 0))
-        finally:
-            for reg_key in registry_futs:
-                fut = self._uploading.pop(reg_key)
-                fut.set_result("done")
+                for s, err in zip(group, errors, strict=True):
+                    if err is None:
+                        self._copied(s.endpoint, blob, counts)
+                        s.future.set_result("copied")
+                    else:
+                        failed.append((s, err))
+            retry: list[_Session] = []
+            for s, err in failed:
+                if s.acked > s.best:
+                    s.best = s.acked  # new bytes acknowledged: the budget starts over
+                    s.failures = 0
+                s.failures += 1
+                if isinstance(err, SyncdError) and err.retryable and s.failures < attempts:
+                    retry.append(s)
+                else:
+                    s.future.set_exception(err)
+                    await self._abandon(s)
+            if not retry:
+                return
+            log.warning(
+                "blob %s: upload to %d target(s) failed (%s), retrying",
+                blob.digest,
+                len(retry),
+                "; ".join(str(err) for _, err in failed)[:300],
+                extra={"event": "retry", "digest": blob.digest},
+            )
+            for s in retry:
+                if source.client.transport.metrics:
+                    source.client.transport.metrics.retries.labels(
+                        registry=s.endpoint.client.name
+                    ).inc()
+            worst = max(s.failures for s in retry)
+            await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
+            batches = []
+            fresh: list[_Session] = []
+            for s in retry:
+                at = await self._resume_point(s, blob)
+                if at is not None:
+                    batches.append(([s], at))
+                    continue
+                try:
+                    s.location = await s.endpoint.client.upload_start(s.endpoint.repository)
+                except SyncdError as e:
+                    s.future.set_exception(e)
+                    continue
+                s.acked = 0
+                fresh.append(s)
+            if fresh:
+                # Targets starting over still share one source read.
+                batches.append((fresh, 0))
 
     async def _abandon(self, s: _Session) -> None:
         """Best effort: tell the registry to drop a session we give up on (its partial

@@ -254,3 +254,27 @@ async def test_layers_shared_within_a_repository_are_checked_once(
         not any(base[0].digest in h for h in heads[1:])
         or heads.count(f"/v2/w/in/blobs/{base[0].digest}") == 1
     )
+
+
+async def test_concurrent_images_sharing_a_layer_mount_it_across_repositories(
+    source: Registry, registries: RegistryFactory
+) -> None:
+    """Images copied at the same time into sibling repositories upload a shared layer once
+    per target registry and mount it everywhere else, also when fanning out to two targets
+    (where two copies span the same registries and must not wait on each other)."""
+    import asyncio
+
+    t1, t2 = registries(), registries()
+    base = [layer("concurrent-base", 2_000_000)]
+    repos = [f"c{i}/app" for i in range(4)]
+    for i, repo in enumerate(repos):
+        push(source.url, repo, "v1", image(f"concurrent{i}", layers=1, shared=base))
+    marks = [t1.log_mark(), t2.log_mark()]
+    result = await asyncio.wait_for(sync(make_config(source, [t1, t2], repos)), 60)
+    assert result.ok and result.synced == 4
+    for t, mark in zip((t1, t2), marks, strict=True):
+        puts = [a.path for a in t.accesses(mark, UA) if a.kind == "upload_put"]
+        assert sum(base[0].digest in p for p in puts) == 1
+        assert t.counts(mark, UA)["mount"] == 3
+        for repo in repos:
+            assert_complete(t, repo, "v1")
