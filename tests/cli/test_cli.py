@@ -238,3 +238,23 @@ def test_once_listen_serves_metrics_during_the_pass(
     assert proc.returncode == 0, err
     assert "syncd_registry_requests_total" in scraped
     assert "synced=1" in out
+
+
+def test_a_repository_two_rules_match_is_copied_once_per_target(
+    seeded: Registry, target: Registry, tmp_path: Path
+) -> None:
+    doc = {
+        "registries": {"src": {"url": seeded.url}, "dst": {"url": target.url}},
+        "rules": [
+            {"name": "exact", "source": "src", "targets": ["dst"], "repositories": ["team-b/tool"]},
+            {"name": "glob", "source": "src", "targets": ["dst"], "repositories": ["team-b/*"]},
+        ],
+    }
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    mark = target.log_mark()
+    r = run("-c", str(cfg), "once")
+    assert r.returncode == 0, r.stderr
+    counts = target.counts(mark, "syncd/")
+    assert counts["manifest_put"] == 1 and counts["upload_put"] == 2
+    assert "synced=1 skipped=1 failed=0" in r.stdout
