@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
 from syncd.errors import (
@@ -116,6 +117,9 @@ class CopyEngine:
         self.metrics = metrics
         self.blobs = blobs or BlobMover(metrics)
         self._manifests: LRU = LRU(MAX_MANIFESTS)
+        # (target registry, repository, tag, digest) -> the copy under way; its result is
+        # the error it ended with, or None
+        self._tags_inflight: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
@@ -239,11 +243,69 @@ class CopyEngine:
                 todo.append(spec)
         if dry_run or not todo:
             return result
-        # Phase 2: everything the manifest references, teed to all targets that lack it.
-        start = time.monotonic()
-        endpoints = [spec.endpoint for spec in todo]
-        counts = {t: BlobCounts() for t in endpoints}
+        # One copy of a tag at a time per target: a rule running alongside another that
+        # covers the same repository waits for that copy instead of pushing it again.
+        joined: dict[Endpoint, asyncio.Future[BaseException | None]] = {}
+        owned: dict[Endpoint, tuple[tuple[str, str, str, str], asyncio.Future[Any]]] = {}
+        mine: list[TargetSpec] = []
+        for spec in todo:
+            t = spec.endpoint
+            key = (t.client.name, t.repository, spec.tag or result.digest, result.digest)
+            other = self._tags_inflight.get(key)
+            if other is not None:
+                joined[t] = other
+                continue
+            fut: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+            self._tags_inflight[key] = fut
+            owned[t] = (key, fut)
+            mine.append(spec)
         failures: dict[Endpoint, BaseException] = {}
+        aborted: BaseException | None = None
+        try:
+            counts, seconds = await self._copy_to(source, result, mine, failures)
+        except BaseException:
+            aborted = SyncdError("another copy of this tag to this target was interrupted")
+            raise
+        finally:
+            for t, (key, fut) in owned.items():
+                self._tags_inflight.pop(key, None)
+                if not fut.done():
+                    fut.set_result(failures.get(t) or aborted)
+        for t, other in joined.items():
+            err = await asyncio.shield(other)
+            if err is not None:
+                failures[t] = err
+        for outcome, spec in zip(result.outcomes, targets, strict=True):
+            if outcome.action != "copying":
+                continue
+            t = spec.endpoint
+            if t in failures:
+                outcome.action, outcome.error = "failed", failures[t]
+            elif t in joined:
+                outcome.action = "up_to_date"
+            else:
+                outcome.action = "copied"
+            if t in counts:
+                c = counts[t]
+                outcome.blobs_copied, outcome.blobs_mounted = c.copied, c.mounted
+                outcome.blobs_skipped, outcome.bytes_copied = c.skipped, c.bytes
+                outcome.seconds = seconds
+        return result
+
+    async def _copy_to(
+        self,
+        source: Endpoint,
+        result: ImageResult,
+        specs: list[TargetSpec],
+        failures: dict[Endpoint, BaseException],
+    ) -> tuple[dict[Endpoint, BlobCounts], float]:
+        """Phases 2 and 3 of a copy for ``specs``; per-target errors land in ``failures``."""
+        start = time.monotonic()
+        endpoints = [spec.endpoint for spec in specs]
+        counts = {t: BlobCounts() for t in endpoints}
+        if not specs:
+            return counts, 0.0
+        # Phase 2: everything the manifest references, teed to all targets that lack it.
         try:
             if result.manifest is None:
                 result.manifest = await self.desired(source, result.source_digest, ())
@@ -258,26 +320,14 @@ class CopyEngine:
             assert m is not None
             await self._put_manifest(spec.endpoint, spec.tag or m.digest, m)
 
-        ready = [spec for spec in todo if spec.endpoint not in failures]
+        ready = [spec for spec in specs if spec.endpoint not in failures]
         tagged = await asyncio.gather(*(tag(spec) for spec in ready), return_exceptions=True)
         for spec, err in zip(ready, tagged, strict=True):
             if isinstance(err, asyncio.CancelledError):
                 raise err
             if isinstance(err, BaseException):
                 failures[spec.endpoint] = err
-        for outcome, spec in zip(result.outcomes, targets, strict=True):
-            if outcome.action != "copying":
-                continue
-            t = spec.endpoint
-            c = counts[t]
-            outcome.blobs_copied, outcome.blobs_mounted = c.copied, c.mounted
-            outcome.blobs_skipped, outcome.bytes_copied = c.skipped, c.bytes
-            outcome.seconds = time.monotonic() - start
-            if t in failures:
-                outcome.action, outcome.error = "failed", failures[t]
-            else:
-                outcome.action = "copied"
-        return result
+        return counts, time.monotonic() - start
 
     async def _check_target(self, spec: TargetSpec, digest: str, dry_run: bool) -> bool:
         """True if the target needs the image; raises if policy forbids the move."""

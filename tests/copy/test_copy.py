@@ -278,3 +278,23 @@ async def test_concurrent_images_sharing_a_layer_mount_it_across_repositories(
         assert t.counts(mark, UA)["mount"] == 3
         for repo in repos:
             assert_complete(t, repo, "v1")
+
+
+async def test_two_rules_copying_one_tag_at_once_push_it_once(
+    source: Registry, target: Registry
+) -> None:
+    """In the daemon rules run side by side; overlapping ones must not push a tag twice."""
+    import asyncio
+    from dataclasses import replace
+
+    from syncd.sync import open_syncer
+
+    push(source.url, "o/v", "v1", image("overlap", layers=2, size=6_000_000))
+    cfg = make_config(source, [target], ["o/v"])
+    glob_rule = replace(cfg.rules[0], name="glob", repositories=("o/*",))
+    mark = target.log_mark()
+    async with open_syncer(cfg, Metrics()) as syncer:
+        a, b = await asyncio.gather(syncer.run_rule(cfg.rules[0]), syncer.run_rule(glob_rule))
+    assert a.ok and b.ok and a.synced + b.synced == 1 and a.skipped + b.skipped == 1
+    counts = target.counts(mark, UA)
+    assert counts["manifest_put"] == 1 and counts["upload_put"] == 3
