@@ -59,10 +59,6 @@ class TagFilter:
     semver: str | None = None
     newest: int | None = None
 
-    @property
-    def is_all(self) -> bool:
-        return not (self.names or self.include or self.exclude or self.semver or self.newest)
-
 
 @dataclass(frozen=True, slots=True)
 class RuleConfig:

@@ -124,13 +124,6 @@ class RegistryClient:
             raise DigestMismatchError(f"{where} (Docker-Content-Digest)", header, manifest.digest)
         return manifest
 
-    async def manifest_get_optional(self, repository: str, reference: str) -> Manifest | None:
-        """Like ``manifest_get`` but None when absent."""
-        info = await self.manifest_head(repository, reference)
-        if info is None:
-            return None
-        return await self.manifest_get(repository, info.digest)
-
     async def manifest_put(
         self, repository: str, reference: str, raw: bytes, media_type: str
     ) -> str:
@@ -156,18 +149,6 @@ class RegistryClient:
                 f"{self.name}/{repository}:{reference} (pushed manifest)", expected, reported
             )
         return reported
-
-    async def manifest_delete(self, repository: str, digest: str) -> None:
-        await self._send(
-            Request(
-                "DELETE",
-                f"/v2/{repository}/manifests/{digest}",
-                repository=repository,
-                expect=(202, 200),
-                absent=(404,),
-                scopes=(repository_scope(repository, "pull,push,delete"),),
-            )
-        )
 
     # -- blobs -------------------------------------------------------------------------
     async def blob_head(self, repository: str, digest: str) -> int | None:
