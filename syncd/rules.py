@@ -30,12 +30,14 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-
-import semantic_version
+from typing import TYPE_CHECKING
 
 from syncd.config.schema import RuleConfig, TagFilter
 from syncd.manifest import Platform
 from syncd.reference import validate_tag
+
+if TYPE_CHECKING:
+    import semantic_version
 
 MAX_TAG = 128
 
@@ -113,6 +115,8 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 @lru_cache(maxsize=256)
 def _spec(expression: str) -> semantic_version.NpmSpec:
+    import semantic_version  # only rules with version filters pay for it at start-up
+
     return semantic_version.NpmSpec(expression)
 
 
@@ -127,6 +131,8 @@ def parse_version(tag: str) -> semantic_version.Version | None:
     m = _VERSION_RE.match(tag)
     if m is None:
         return None
+    import semantic_version  # only rules with version filters pay for it at start-up
+
     major, minor, patch, pre = m.groups()
     return semantic_version.Version(
         major=int(major),

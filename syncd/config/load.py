@@ -26,9 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import semantic_version
 import yaml
-from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -297,6 +295,9 @@ def _v_tag(value: str) -> str:
 def _v_semver(value: str) -> str:
     if not value.strip():
         raise ValueError("empty version range: write e.g. '>=1.0.0' or remove the key")
+    # Imported here: only configs with a `semver:` filter pay for the import at start-up.
+    import semantic_version
+
     try:
         semantic_version.NpmSpec(value)
     except ValueError:
@@ -316,6 +317,9 @@ def _v_duration(value: Any) -> float:
 
 
 def _v_cron(value: str) -> str:
+    # Imported here: only configs with a `schedule:` pay for the import at start-up.
+    from croniter import croniter
+
     if not croniter.is_valid(value):
         raise ValueError(
             f"invalid cron expression {_show(value)}: five fields 'minute hour day month "
