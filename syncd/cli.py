@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     listen=args.listen,
                     shutdown_timeout=args.shutdown_timeout,
                     metrics=metrics,
+                    on_config=lambda config: redactor.add_all(_secrets_of(config)),
                 )
             )
         except KeyboardInterrupt:
@@ -129,8 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in [str(p) for p in e.problems] or [str(e)]:
             print(redactor.scrub(line), file=sys.stderr)
         return EXIT_CONFIG
-    for secret in _secrets_of(config):
-        redactor.add(secret)
+    redactor.add_all(_secrets_of(config))
     if args.command == "validate":
         print(f"{path}: valid ({len(config.registries)} registries, {len(config.rules)} rules)")
         return EXIT_OK

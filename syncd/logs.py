@@ -35,6 +35,10 @@ class RedactingFilter(logging.Filter):
         if len(secret) >= 4 and secret not in self._secrets:
             self._secrets = sorted([*self._secrets, secret], key=len, reverse=True)
 
+    def add_all(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            self.add(secret)
+
     def scrub(self, text: str) -> str:
         text = _AUTH_RE.sub(lambda m: f"{m.group(1)}{m.group(2) or ''} {_MASK}", text)
         for s in self._secrets:

@@ -59,10 +59,25 @@ def parse_listen(text: str) -> tuple[str | None, int]:
 
 
 async def serve(
-    config_path: str, *, listen: str | None, shutdown_timeout: float, metrics: Metrics
+    config_path: str,
+    *,
+    listen: str | None,
+    shutdown_timeout: float,
+    metrics: Metrics,
+    on_config: Callable[[Config], None] | None = None,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT; the exit status (0 graceful, 1 failure, 2 config)."""
-    daemon = Daemon(config_path, listen=listen, shutdown_timeout=shutdown_timeout, metrics=metrics)
+    """Run the daemon until SIGTERM/SIGINT; the exit status (0 graceful, 1 failure, 2 config).
+
+    ``on_config`` sees every config that takes effect, the first and each reloaded one (the
+    CLI uses it to teach the log redactor the secrets a reload brings).
+    """
+    daemon = Daemon(
+        config_path,
+        listen=listen,
+        shutdown_timeout=shutdown_timeout,
+        metrics=metrics,
+        on_config=on_config,
+    )
     return await daemon.serve()
 
 
@@ -144,7 +159,9 @@ class Daemon:
         syncer_factory: SyncerFactory = open_syncer,
         load: Callable[[str], Config] = load_config,
         reload_poll: float = 2.0,
+        on_config: Callable[[Config], None] | None = None,
     ) -> None:
+        self._on_config = on_config
         self._path = config_path
         self._listen = listen
         self._shutdown_timeout = shutdown_timeout
@@ -176,6 +193,8 @@ class Daemon:
             logger.error("%s", e, extra={"result": "failure"})
             return EXIT_CONFIG
         self._config = config
+        if self._on_config:
+            self._on_config(config)
         scheduler = self._scheduler = Scheduler(
             self._run_rule, match=rules_for_repository, metrics=self._metrics
         )
@@ -310,6 +329,8 @@ class Daemon:
         assert old is not None and self._scheduler is not None and self._syncer is not None
         if self._stop.is_set():
             raise RuntimeError("stopping: reload ignored")
+        if self._on_config:
+            self._on_config(new)
         if new.registries != old.registries:
             # Open the new sessions first: if that fails the old config stays in force.
             fresh = await _SyncerSlot.open(self._syncer_factory, new, self._metrics)

@@ -183,3 +183,7 @@ def test_log_filter_masks_secrets_and_authorization() -> None:
     out = JSONFormatter().format(rec)
     assert "p4ssw0rd" not in out and "abc.def.ghi" not in out
     assert "******" in out
+    # secrets learned later (a reloaded config) are masked from then on
+    f.add_all(["rotated-s3cret"])
+    later = logging.LogRecord("x", logging.INFO, "", 0, "now rotated-s3cret", None, None)
+    assert f.filter(later) and "rotated" not in later.getMessage()
