@@ -33,6 +33,16 @@ def seed(reg: Registry, issuer: TokenIssuer, repo: str, tag: str, seed_name: str
     return img.raw
 
 
+def token_registries(registries: RegistryFactory, issuer: TokenIssuer) -> tuple[Registry, Registry]:
+    """A source and a target registry that both trust ``issuer``'s tokens."""
+    return registries(auth=issuer.registry_auth()), registries(auth=issuer.registry_auth())
+
+
+def reader_writer(src: Registry, dst: Registry) -> dict[str, dict[str, str]]:
+    """Registries for the config: pull-only ``reader`` on the source, ``writer`` on the target."""
+    return {"src": {"url": src.url, **creds("reader")}, "dst": {"url": dst.url, **creds("writer")}}
+
+
 def at_target(reg: Registry, issuer: TokenIssuer, repo: str, tag: str) -> bytes | None:
     return manifest_raw(reg.url, repo, tag, token=issuer.seed_token(repo))
 
@@ -45,11 +55,10 @@ def test_sync_with_right_credentials(
     algorithm: str,
 ) -> None:
     issuer = issuers(algorithm=algorithm)
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     raw = seed(src, issuer, "team/app", "v1", "tok")
     cfg = syncd.config(
-        {"src": {"url": src.url, **creds("reader")}, "dst": {"url": dst.url, **creds("writer")}},
+        reader_writer(src, dst),
         [RULE],
     )
     run = syncd(cfg)
@@ -67,8 +76,7 @@ def test_wrong_password_and_missing_push_right_fail_clearly(
     registries: RegistryFactory, issuers: Callable[..., TokenIssuer], syncd: SyncdRunner
 ) -> None:
     issuer = issuers()
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     seed(src, issuer, "team/app", "v1", "tok")
 
     wrong = syncd.config(
@@ -98,8 +106,7 @@ def test_anonymous_token_for_public_repository(
     registries: RegistryFactory, issuers: Callable[..., TokenIssuer], syncd: SyncdRunner
 ) -> None:
     issuer = issuers()
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     raw = seed(src, issuer, "public/base", "1.0", "pub")
     seed(src, issuer, "private/app", "1.0", "priv")
     rules = [{**RULE, "repositories": ["public/base"]}]
@@ -120,11 +127,10 @@ def test_oauth2_password_grant_once_then_refresh_tokens(
     registries: RegistryFactory, issuers: Callable[..., TokenIssuer], syncd: SyncdRunner
 ) -> None:
     issuer = issuers()
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     seed(src, issuer, "team/app", "v1", "tok")
     cfg = syncd.config(
-        {"src": {"url": src.url, **creds("reader")}, "dst": {"url": dst.url, **creds("writer")}},
+        reader_writer(src, dst),
         [RULE],
     )
     assert syncd(cfg).returncode == 0
@@ -141,11 +147,10 @@ def test_token_server_without_oauth2_falls_back_to_get(
     registries: RegistryFactory, issuers: Callable[..., TokenIssuer], syncd: SyncdRunner
 ) -> None:
     issuer = issuers(post_supported=False)
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     raw = seed(src, issuer, "team/app", "v1", "tok")
     cfg = syncd.config(
-        {"src": {"url": src.url, **creds("reader")}, "dst": {"url": dst.url, **creds("writer")}},
+        reader_writer(src, dst),
         [RULE],
     )
     run = syncd(cfg)
@@ -164,8 +169,7 @@ async def test_expired_tokens_are_refreshed_within_one_process(
 ) -> None:
     """A 2 s token lifetime: the second pass, 2.5 s later, must fetch fresh tokens."""
     issuer = issuers(lifetime=2)
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     seed(src, issuer, "team/app", "v1", "one")
     cfg = load_config(
         str(
@@ -198,12 +202,11 @@ def test_token_the_registry_refuses_is_fetched_again(
 ) -> None:
     """A token that looks fresh but the registry rejects (revoked, clock skew): 401, refetch."""
     issuer = issuers()
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     raw = seed(src, issuer, "team/app", "v1", "tok")
     issuer.stale_tokens = 1  # the very first token syncd gets is already expired
     cfg = syncd.config(
-        {"src": {"url": src.url, **creds("reader")}, "dst": {"url": dst.url, **creds("writer")}},
+        reader_writer(src, dst),
         [RULE],
     )
     mark = src.log_mark()
@@ -219,8 +222,7 @@ def test_mount_across_repositories_asks_for_a_two_repository_scope(
     registries: RegistryFactory, issuers: Callable[..., TokenIssuer], syncd: SyncdRunner
 ) -> None:
     issuer = issuers()
-    src = registries(auth=issuer.registry_auth())
-    dst = registries(auth=issuer.registry_auth())
+    src, dst = token_registries(registries, issuer)
     base = layer("shared-base", 64 * 1024)
     a = image("a", shared=[base], layers=1)
     b = image("b", shared=[base], layers=1)
@@ -231,7 +233,7 @@ def test_mount_across_repositories_asks_for_a_two_repository_scope(
         {**RULE, "name": "second", "repositories": ["team/b"]},
     ]
     cfg = syncd.config(
-        {"src": {"url": src.url, **creds("reader")}, "dst": {"url": dst.url, **creds("writer")}},
+        reader_writer(src, dst),
         rules,
     )
     mark = dst.log_mark()
