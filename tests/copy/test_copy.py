@@ -298,3 +298,18 @@ async def test_two_rules_copying_one_tag_at_once_push_it_once(
     assert a.ok and b.ok and a.synced + b.synced == 1 and a.skipped + b.skipped == 1
     counts = target.counts(mark, UA)
     assert counts["manifest_put"] == 1 and counts["upload_put"] == 3
+
+
+async def test_docker_manifest_list_keeps_its_digest(source: Registry, target: Registry) -> None:
+    from tests.helpers.images import DOCKER_LIST, Index
+
+    lst = Index(
+        [(image(f"dl-{p}", platform=p, docker=True), p) for p in ("linux/amd64", "linux/arm64")],
+        media_type=DOCKER_LIST,
+    )
+    push(source.url, "d/list", "v1", lst)
+    result = await sync(make_config(source, [target], ["d/list"]))
+    assert result.ok and result.synced == 1
+    raw = manifest_raw(target.url, "d/list", "v1")
+    assert raw == lst.raw and sha(raw) == lst.digest
+    assert_complete(target, "d/list", "v1")
