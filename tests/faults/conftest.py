@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from syncd.config.schema import Config, RegistryConfig, RuleConfig
-from syncd.metrics import Metrics
-from syncd.sync import RulePassResult, open_syncer
+from syncd.config.schema import Config
+from tests.helpers import passes
 from tests.helpers.images import OCI_LAYER, Blob, Image, image
 from tests.helpers.proxy import FaultProxy
 from tests.helpers.registry import http
@@ -77,29 +76,12 @@ def config_for(
     source: str, targets: Sequence[str], repositories: Sequence[str], **rule: Any
 ) -> Config:
     """The same, as a Config object for in-process passes."""
-    regs = {"src": RegistryConfig(name="src", url=source)}
-    names = []
-    for i, url in enumerate(targets):
-        regs[f"t{i}"] = RegistryConfig(name=f"t{i}", url=url)
-        names.append(f"t{i}")
-    r = RuleConfig(
-        name="r",
-        source="src",
-        targets=tuple(names),
-        repositories=tuple(repositories),
-        retries=rule.pop("retries", 5),
-        referrers=rule.pop("referrers", False),
-        **rule,
-    )
-    return Config(path="<test>", registries=regs, rules=(r,))
+    rule.setdefault("retries", 5)
+    rule.setdefault("referrers", False)
+    return passes.make_config(source, targets, repositories, **rule)
 
 
-async def sync(config: Config, metrics: Metrics | None = None) -> RulePassResult:
-    total = RulePassResult("*")
-    async with open_syncer(config, metrics, track_target_bytes=False) as syncer:
-        for rule in config.rules:
-            total.add(await syncer.run_rule(rule))
-    return total
+sync = passes.sync
 
 
 def once_cmd(cfg: Path) -> list[str]:

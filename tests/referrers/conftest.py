@@ -7,9 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from syncd.config.schema import Config, RegistryConfig, RuleConfig, TagFilter
-from syncd.metrics import Metrics
-from syncd.sync import RulePassResult, open_syncer
+from syncd.config.schema import Config
+from tests.helpers import passes
 from tests.helpers.images import OCI_INDEX, OCI_MANIFEST, Blob, Image, Index, push, push_manifest
 from tests.helpers.registry import Registry, manifest_raw
 
@@ -84,31 +83,9 @@ def make_config(
     repositories: Sequence[str],
     **rule: Any,
 ) -> Config:
-    def url(r: Registry | str) -> str:
-        return r if isinstance(r, str) else r.url
-
-    regs = {"src": RegistryConfig(name="src", url=url(source))}
-    names = []
-    for i, t in enumerate(targets):
-        regs[f"t{i}"] = RegistryConfig(name=f"t{i}", url=url(t))
-        names.append(f"t{i}")
-    r = RuleConfig(
-        name=rule.pop("name", "r"),
-        source="src",
-        targets=tuple(names),
-        repositories=tuple(repositories),
-        tags=rule.pop("tags", TagFilter()),
-        retries=rule.pop("retries", 2),
-        **rule,
-    )
-    return Config(path="<test>", registries=regs, rules=(r,))
+    """The shared builder, with the 2 retries these tests were written for."""
+    rule.setdefault("retries", 2)
+    return passes.make_config(source, targets, repositories, **rule)
 
 
-async def sync(
-    config: Config, metrics: Metrics | None = None, *, dry_run: bool = False
-) -> RulePassResult:
-    total = RulePassResult("*")
-    async with open_syncer(config, metrics, track_target_bytes=False) as syncer:
-        for rule in config.rules:
-            total.add(await syncer.run_rule(rule, dry_run=dry_run))
-    return total
+sync = passes.sync
