@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -156,6 +156,17 @@ def _quota(value: str | None) -> tuple[int, int] | None:
     return count, window
 
 
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """The one field of tenacity's RetryCallState its wait strategies read."""
+
+    attempt_number: int
+
+
+def _outcome(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
+
+
 class Transport:
     """Sends requests to one registry over one long-lived ``ClientSession``."""
 
@@ -188,6 +199,7 @@ class Transport:
         self._paused_until = 0.0
         self._quota_exhausted = False
         self._quota_interval = 0.0
+        self._children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -213,10 +225,12 @@ class Transport:
             self._session = None
 
     # -- sending -----------------------------------------------------------------------
-    def _url(self, req: Request) -> str:
+    def _url(self, req: Request) -> tuple[str, bool]:
+        """The request's URL, and whether it is on the registry itself (not a redirect or
+        an upload Location on another host)."""
         if req.path.startswith(("http://", "https://")):
-            return req.path
-        return self.base_url + req.path
+            return req.path, urlsplit(req.path).netloc == self.host
+        return self.base_url + req.path, True
 
     async def ping(self, attempts: int = 0) -> None:
         """``GET /v2/`` once per process, to learn how this registry wants to be authed."""
@@ -263,7 +277,15 @@ class Transport:
         await self.ping(req.attempts)
         if not req.retry:
             return await self._send_once(req)
-        async for attempt in self._retrying(req.attempts):
+        # Nearly every request succeeds at once. Setting up tenacity costs about as much
+        # CPU as a third of the request itself, so it is only set up after a failure.
+        try:
+            return await self._send_once(req)
+        except SyncdError as e:
+            if not e.retryable or (req.attempts or self.retries) < 2:
+                raise
+            await self._before_retry(e, 1)
+        async for attempt in self._retrying(req.attempts, done=1):
             with attempt:
                 return await self._send_once(req)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
@@ -321,12 +343,11 @@ class Transport:
     @asynccontextmanager
     async def _exchange(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
         """One HTTP exchange with auth; a 401 that brings a challenge is answered once."""
-        url = self._url(req)
-        same_host = urlsplit(url).netloc == self.host
+        url, same_host = self._url(req)
         await self._wait_if_paused()
         for auth_try in (1, 2):
             headers = dict(req.headers)
-            if same_host:
+            if same_host and self.auth.challenge is not None:
                 # Authorization goes only to the registry itself, never to a redirect host.
                 async with self._map_errors(req.method, url, req.repository):
                     headers.update(
@@ -334,7 +355,7 @@ class Transport:
                     )
             body: Any = req.body() if callable(req.body) else req.body
             start = time.monotonic()
-            async with self._map_errors(req.method, url, req.repository):
+            try:
                 resp = await self.session.request(
                     req.method,
                     url,
@@ -345,6 +366,9 @@ class Transport:
                     timeout=req.timeout or aiohttp.helpers.sentinel,
                     allow_redirects=req.method in ("GET", "HEAD"),
                 )
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self._count(req.method, "error", start)
+                raise self._network_error(e, req.method, url, req.repository) from None
             try:
                 self._count(req.method, resp.status, start)
                 self._note_quota(resp.headers)
@@ -369,34 +393,29 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- retries -----------------------------------------------------------------------
-    def _retrying(self, attempts: int = 0) -> AsyncRetrying:
+    def _retrying(self, attempts: int = 0, done: int = 0) -> AsyncRetrying:
+        """Tenacity for the attempts left after ``done`` failed ones."""
         return AsyncRetrying(
-            stop=stop_after_attempt(attempts or self.retries),
-            wait=self._wait,
+            stop=stop_after_attempt((attempts or self.retries) - done),
+            wait=lambda state: self._delay(_outcome(state), state.attempt_number + done),
             retry=retry_if_exception(lambda e: isinstance(e, SyncdError) and e.retryable),
             reraise=True,
-            before_sleep=self._before_sleep,
+            before_sleep=lambda state: self._note_retry(
+                _outcome(state), state.attempt_number + done
+            ),
         )
 
     _exp = wait_exponential_jitter(multiplier=_BACKOFF_INITIAL, max=_BACKOFF_MAX)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+    def _delay(self, exc: BaseException | None, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt``."""
         if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
             return min(exc.retry_after, _MAX_RETRY_AFTER)
-        return float(self._exp(state))
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self._note_retry(exc, state.attempt_number)
+        return float(self._exp(cast(RetryCallState, _Attempt(attempt))))
 
     async def _before_retry(self, exc: BaseException, attempt: int) -> None:
         self._note_retry(exc, attempt)
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            delay = min(exc.retry_after, _MAX_RETRY_AFTER)
-        else:
-            delay = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2 ** (attempt - 1))
-        await asyncio.sleep(delay)
+        await asyncio.sleep(self._delay(exc, attempt))
 
     def _note_retry(self, exc: BaseException | None, attempt: int) -> None:
         if self.metrics:
@@ -448,13 +467,20 @@ class Transport:
 
     # -- metrics and errors ------------------------------------------------------------
     def _count(self, method: str, code: int | str, start: float) -> None:
-        if self.metrics:
-            self.metrics.registry_requests.labels(
-                registry=self.name, method=method, code=str(code)
-            ).inc()
-            self.metrics.request_duration.labels(registry=self.name, method=method).observe(
-                time.monotonic() - start
+        if not self.metrics:
+            return
+        # The labelled children are looked up once: labels() costs more than inc().
+        key = (method, code)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (
+                self.metrics.registry_requests.labels(
+                    registry=self.name, method=method, code=str(code)
+                ),
+                self.metrics.request_duration.labels(registry=self.name, method=method),
             )
+        pair[0].inc()
+        pair[1].observe(time.monotonic() - start)
 
     def _network_error(
         self, e: BaseException, method: str, url: str, repository: str
