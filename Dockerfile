@@ -7,7 +7,10 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 # .dockerignore lets only the package sources in.
 COPY . .
-RUN pip install --no-cache-dir --no-compile --prefix=/install .
+# Bytecode is compiled here (pip's default): the runtime user cannot write it and
+# PYTHONDONTWRITEBYTECODE is set, so without it every start of `syncd` would compile
+# aiohttp, pydantic and syncd from source, about 1.3 s instead of 0.4 s on 2 cores.
+RUN pip install --no-cache-dir --prefix=/install .
 
 # -- runtime ------------------------------------------------------------------------------
 FROM python:3.11-slim
