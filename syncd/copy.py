@@ -117,6 +117,7 @@ class CopyEngine:
         self.metrics = metrics
         self.blobs = blobs or BlobMover(metrics)
         self._manifests: LRU = LRU(MAX_MANIFESTS)
+        self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
         # (target registry, repository, tag, digest) -> the copy under way; its result is
         # the error it ended with, or None
         self._tags_inflight: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
@@ -128,8 +129,24 @@ class CopyEngine:
         if cached is not None:
             self._manifests.move_to_end(digest)
             return cached  # type: ignore[no-any-return]
-        m = await endpoint.client.manifest_get(endpoint.repository, digest)
-        self._manifests.remember(digest, m)
+        # Tags that share a manifest (``latest`` and the newest version) are resolved at
+        # the same moment; one GET serves them all. A failed GET is not shared: it may be
+        # this repository's problem only, so each waiter then tries for itself.
+        pending = self._fetching.get(digest)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            return await endpoint.client.manifest_get(endpoint.repository, digest)
+        fut: asyncio.Future[Manifest | None] = asyncio.get_running_loop().create_future()
+        self._fetching[digest] = fut
+        m: Manifest | None = None
+        try:
+            m = await endpoint.client.manifest_get(endpoint.repository, digest)
+            self._manifests.remember(digest, m)
+        finally:
+            del self._fetching[digest]
+            fut.set_result(m)
         return m
 
     async def resolve(
@@ -190,7 +207,17 @@ class CopyEngine:
         return platform
 
     async def children(self, source: Endpoint, m: Manifest) -> list[Manifest]:
-        return [await self.manifest(source, c.digest) for c in m.children]
+        # Fetched side by side: an index's children are otherwise one round trip each.
+        # All are awaited before the first error is raised, so none is left running.
+        got = await asyncio.gather(
+            *(self.manifest(source, c.digest) for c in m.children), return_exceptions=True
+        )
+        out: list[Manifest] = []
+        for g in got:
+            if isinstance(g, BaseException):
+                raise g
+            out.append(g)
+        return out
 
     # -- one image -------------------------------------------------------------------------
     async def copy_image(

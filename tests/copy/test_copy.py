@@ -313,3 +313,18 @@ async def test_docker_manifest_list_keeps_its_digest(source: Registry, target: R
     raw = manifest_raw(target.url, "d/list", "v1")
     assert raw == lst.raw and sha(raw) == lst.digest
     assert_complete(target, "d/list", "v1")
+
+
+async def test_tags_sharing_a_manifest_fetch_it_once(source: Registry, target: Registry) -> None:
+    """``latest`` and the newest version point at one manifest and are copied at the same
+    moment: the source serves that manifest (and each index child) to one GET."""
+    idx = multiarch("shared-manifest")
+    for tag in ("1.0", "latest", "stable"):
+        push(source.url, "s/m", tag, idx)
+    mark = source.log_mark()
+    result = await sync(make_config(source, [target], ["s/m"]))
+    assert result.ok and result.synced == 3
+    gets = [a.path for a in source.accesses(mark, UA) if a.kind == "manifest_get"]
+    assert len(gets) == len(set(gets)) == 1 + len(idx.children), gets
+    for tag in ("1.0", "latest", "stable"):
+        assert_complete(target, "s/m", tag)
