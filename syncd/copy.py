@@ -407,37 +407,56 @@ class CopyEngine:
                 *(self.blobs.ensure_blob(source, targets, b, counts, failures) for b in m.blobs)
             )
             return
-        for child_desc in m.children:
-            live = [t for t in targets if t not in failures]
-            if not live:
-                return
-            # A child already in the repository brings its blobs with it.
-            heads = await asyncio.gather(
-                *(t.client.manifest_head(t.repository, child_desc.digest) for t in live),
-                return_exceptions=True,
-            )
-            lacking = []
-            for t, head in zip(live, heads, strict=True):
-                if isinstance(head, asyncio.CancelledError):
-                    raise head
-                if isinstance(head, BaseException):
-                    failures.setdefault(t, head)
-                elif head is None:
-                    lacking.append(t)
-            if not lacking:
-                continue
-            child = await self.manifest(source, child_desc.digest)
-            await self._push_tree(source, lacking, child, counts, failures)
-            ready = [t for t in lacking if t not in failures]
-            puts = await asyncio.gather(
-                *(self._put_manifest(t, child.digest, child) for t in ready),
-                return_exceptions=True,
-            )
-            for t, err in zip(ready, puts, strict=True):
-                if isinstance(err, asyncio.CancelledError):
-                    raise err
-                if isinstance(err, BaseException):
-                    failures.setdefault(t, err)
+        # The children (one per platform) go side by side, each complete before its own
+        # manifest is pushed; blobs they share are still transferred once (BlobMover).
+        # All finish before an error (a source failure) is raised: none runs unobserved.
+        done = await asyncio.gather(
+            *(self._push_child(source, targets, d.digest, counts, failures) for d in m.children),
+            return_exceptions=True,
+        )
+        for err in done:
+            if isinstance(err, BaseException):
+                raise err
+
+    async def _push_child(
+        self,
+        source: Endpoint,
+        targets: list[Endpoint],
+        digest: str,
+        counts: dict[Endpoint, BlobCounts],
+        failures: dict[Endpoint, BaseException],
+    ) -> None:
+        """One child manifest of an index: its tree, then the child itself, by digest."""
+        live = [t for t in targets if t not in failures]
+        if not live:
+            return
+        # A child already in the repository brings its blobs with it.
+        heads = await asyncio.gather(
+            *(t.client.manifest_head(t.repository, digest) for t in live),
+            return_exceptions=True,
+        )
+        lacking = []
+        for t, head in zip(live, heads, strict=True):
+            if isinstance(head, asyncio.CancelledError):
+                raise head
+            if isinstance(head, BaseException):
+                failures.setdefault(t, head)
+            elif head is None:
+                lacking.append(t)
+        if not lacking:
+            return
+        child = await self.manifest(source, digest)
+        await self._push_tree(source, lacking, child, counts, failures)
+        ready = [t for t in lacking if t not in failures]
+        puts = await asyncio.gather(
+            *(self._put_manifest(t, child.digest, child) for t in ready),
+            return_exceptions=True,
+        )
+        for t, err in zip(ready, puts, strict=True):
+            if isinstance(err, asyncio.CancelledError):
+                raise err
+            if isinstance(err, BaseException):
+                failures.setdefault(t, err)
 
     async def missing(
         self, source: Endpoint, t: Endpoint, m: Manifest
