@@ -15,6 +15,15 @@ bytes of blob GETs at the source and requests by kind at every registry (from th
 picked out by User-Agent), and the registries' own CPU seconds. The machine's bound is plain
 aiohttp clients downloading, then monolithically uploading, every blob with 4 streams.
 
+Floors, in the same repetitions (``--no-floors`` skips them), show which no-op targets this
+machine allows at all:
+
+* request floor: an in-process plain aiohttp client making exactly the no-op request budget
+  (a ``tags/list`` per repository, a manifest HEAD per tag, at the source and the target at
+  once, 8 at a time per registry), next to the tools' ``noop`` and ``noop-many`` passes;
+* start-up floor: wall of importing the dependency stack, of ``import syncd.cli`` and of
+  ``syncd --help`` (median of 5 runs each, every repetition).
+
 Results: ``bench/out/results-<time>.json`` (+ ``results.json``), a Markdown table on stdout.
 ``--quick`` is a ~2-minute smoke run; the default full run fits in about 15 minutes.
 """
@@ -27,6 +36,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from bench import corpus as C
@@ -71,6 +82,7 @@ class ProcStats:
     processes: int = 0
     failures: int = 0
     errors: list[str] = field(default_factory=list)
+    in_process: bool = False  # the bench's own process did the work: no RSS of its own
 
 
 def _run_one(cmd: Sequence[str], log: Path, env: dict[str, str] | None) -> tuple[int, Any, int]:
@@ -130,12 +142,15 @@ def run_commands(
     return stats
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (utime + stime) process ``pid`` has used so far, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def registry_cpu(reg: Registry) -> float:
     """CPU seconds the registry process has used so far."""
-    if reg.proc is None:
-        return 0.0
-    fields = Path(f"/proc/{reg.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return 0.0 if reg.proc is None else proc_cpu(reg.proc.pid)
 
 
 # -- access logs -------------------------------------------------------------------------
@@ -277,6 +292,139 @@ class SyncdUvloop(Syncd):
         return [PYTHON, "-c", boot, "-c", str(cfg), "--log-level", "warning", "once"]
 
 
+# -- floors: what any client pays, and syncd without its process start-up -----------------
+FLOOR_AGENT = "bench-floor/1"
+MANIFEST_ACCEPT = ", ".join(
+    [
+        C.OCI_MANIFEST,
+        C.OCI_INDEX,
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+_LINK_RE = re.compile(r"<([^>]+)>")
+
+
+async def _floor_side(
+    url: str, repos: list[str], concurrency: int
+) -> tuple[dict[tuple[str, str], str | None], list[str]]:
+    """At one registry, one keep-alive session: list every repository's tags (following
+    ``Link`` pages, which distribution sends only when asked for ``n``), then one manifest
+    HEAD per tag, ``concurrency`` requests at a time. Returns {(repo, tag): digest}."""
+    digests: dict[tuple[str, str], str | None] = {}
+    errors: list[str] = []
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        headers={"User-Agent": FLOOR_AGENT},
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+    ) as session:
+
+        async def tags(repo: str) -> list[str]:
+            out: list[str] = []
+            path: str | None = f"/v2/{repo}/tags/list"
+            while path:
+                async with sem, session.get(url + path) as resp:
+                    if resp.status != 200:
+                        errors.append(f"{url}{path}: {resp.status}")
+                        return out
+                    out += (await resp.json()).get("tags") or []
+                    link = _LINK_RE.match(resp.headers.get("Link", ""))
+                path = link.group(1) if link else None
+            return out
+
+        async def head(repo: str, tag: str) -> None:
+            async with (
+                sem,
+                session.head(
+                    f"{url}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}
+                ) as resp,
+            ):
+                digests[repo, tag] = resp.headers.get("Docker-Content-Digest")
+                if resp.status != 200:
+                    errors.append(f"HEAD {repo}:{tag} at {url}: {resp.status}")
+
+        listed = await asyncio.gather(*(tags(r) for r in repos))
+        await asyncio.gather(*(head(r, t) for r, ts in zip(repos, listed, strict=True) for t in ts))
+    return digests, errors
+
+
+async def request_floor(
+    src_url: str, target_urls: list[str], repos: list[str], concurrency: int = 8
+) -> list[str]:
+    """The issue's no-op request budget and nothing else, at the source and every target at
+    once: a ``tags/list`` per repository and a manifest HEAD per tag. Errors, or []."""
+    sides = await asyncio.gather(
+        *(_floor_side(u, repos, concurrency) for u in [src_url, *target_urls])
+    )
+    (want, errors), *targets = sides
+    for url, (got, errs) in zip(target_urls, targets, strict=True):
+        errors += errs
+        # A target listing its own tags may hold more; every source tag must match.
+        bad = [k for k, d in want.items() if got.get(k) != d]
+        if bad:
+            errors.append(f"{url}: {len(bad)} tags differ from the source, e.g. {bad[0]}")
+    return errors
+
+
+class RequestFloor(Tool):
+    """Not a sync tool: the minimal plain-aiohttp client of ``request_floor``, in-process.
+    Its figures are what any client pays for one request per tag per registry; wall and CPU
+    exclude interpreter start-up (the client's CPU is this process's, user + system)."""
+
+    name = "request floor"
+    agent = "bench-floor/"
+
+    def sync(
+        self, src: Registry, targets: list[Registry], repos: list[str], *, immutable: bool = False
+    ) -> ProcStats:
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        errors = asyncio.run(request_floor(src.url, [t.url for t in targets], repos))
+        wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+        user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+        return ProcStats(
+            wall=wall,
+            cpu=user + sys_,
+            user=user,
+            sys=sys_,
+            processes=1,
+            failures=1 if errors else 0,
+            errors=errors[:5],
+            in_process=True,
+        )
+
+
+STARTUP_COMMANDS: dict[str, list[str]] = {
+    # The dependency stack the project mandates, imported and nothing else.
+    "import_deps": [PYTHON, "-c", "import asyncio, aiohttp, pydantic, yaml, prometheus_client"],
+    "import_syncd_cli": [PYTHON, "-c", "import syncd.cli"],
+    # ``syncd.cli`` and ``__main__``, the command line parsed, exit 0; no config, no registry.
+    "syncd_help": [PYTHON, "-m", "syncd", "--help"],
+}
+
+
+def startup_floor(runs: int = 5) -> dict[str, Any]:
+    """Median wall (and CPU) of ``runs`` runs of each start-up command, PYTHONPATH=ROOT.
+    Timed around ``Popen`` and a blocking ``wait4``, so without the 10 ms polling of
+    ``run_commands`` (which the tools' walls carry, ≤ 10 ms)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out: dict[str, Any] = {}
+    for key, cmd in STARTUP_COMMANDS.items():
+        walls, cpus = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(usage.ru_utime + usage.ru_stime)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+        out[f"{key}_s"] = statistics.median(walls)
+        out[f"{key}_cpu_s"] = statistics.median(cpus)
+    return out
+
+
 # -- one measured pass ---------------------------------------------------------------------
 @dataclass
 class Sample:
@@ -317,16 +465,22 @@ def measure(
         for role, r, mark, cpu0 in marks
     ]
     sample = Sample(tool.name, scenario, rep, proc, stats)
+    _progress(sample)
+    return sample
+
+
+def _progress(sample: Sample) -> None:
+    proc, stats = sample.proc, sample.registries
     flag = "" if not proc.failures else f"  FAILED {proc.errors[:2]}"
     print(
-        f"  {scenario:<16} {tool.name:<6} rep {rep}: {proc.wall:7.2f}s wall "
+        f"  {sample.scenario:<16} {sample.tool:<6} rep {sample.rep}: {proc.wall:7.2f}s wall "
         f"{proc.cpu:6.2f}s cpu {proc.rss_mb:6.1f}MB rss "
         f"src {stats[0].requests} req / {stats[0].blob_get_bytes / C.MB:.1f}MB, "
-        f"targets {[s.requests for s in stats[1:]]} req{flag}",
+        f"targets {[s.requests for s in stats[1:]]} req{flag}"
+        + (f"  ({sample.note})" if sample.note else ""),
         file=sys.stderr,
         flush=True,
     )
-    return sample
 
 
 async def _verify(url: str, corpus: C.Corpus, repos: dict[str, C.Repo]) -> bool:
@@ -444,6 +598,9 @@ class Bench:
         ]
         if args.uvloop:
             self.tools.insert(1, SyncdUvloop(self.base, args.syncd_concurrency))
+        self.floors = not args.no_floors
+        self.floor = RequestFloor(self.base)
+        self.startup: list[dict[str, Any]] = []
 
     def registry(self) -> Registry:
         return self.factory(storage_on_shm=True)
@@ -474,11 +631,16 @@ class Bench:
         extra_digest = extra.tags["1.4"]
         for rep in range(self.args.reps):
             self.bound_once(main, src, rep)
-            for tool in self.order(rep):
+            if self.floors:
+                self.startup_once(rep)
+            for i, tool in enumerate(self.order(rep)):
                 target = self.registry()
                 s = self.add(measure(tool, "cold", rep, src, [target], repos))
                 s.verified = verify(target, main)
                 self.add(measure(tool, "noop", rep, src, [target], repos))
+                if self.floors and i == 0:
+                    # Once a repetition, next to the first tool's no-op, on the same target.
+                    self.add(measure(self.floor, "noop", rep, src, [target], repos))
                 asyncio.run(C.push(src.url, main, repos=main.extra))
                 s = self.add(measure(tool, "incr", rep, src, [target], repos))
                 s.verified = verify(target, main, main.extra)
@@ -489,6 +651,17 @@ class Bench:
                 s.verified = all(verify(t, main) for t in pair)
                 for t in pair:
                     self.discard(t)
+
+    def startup_once(self, rep: int) -> None:
+        row = {"rep": rep, **startup_floor()}
+        self.startup.append(row)
+        print(
+            f"  start-up rep {rep}: imports {row['import_deps_s']:.3f}s, "
+            f"import syncd.cli {row['import_syncd_cli_s']:.3f}s, "
+            f"syncd --help {row['syncd_help_s']:.3f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def bound_once(self, main: C.Corpus, src: Registry, rep: int) -> None:
         streams = self.args.bound_streams
@@ -527,6 +700,8 @@ class Bench:
         for rep in range(self.args.many_reps):
             for tool in self.order(rep):
                 self.add(measure(tool, "noop-many", rep, src, [tgt], repos))
+            if self.floors:
+                self.add(measure(self.floor, "noop-many", rep, src, [tgt], repos))
             for tool in self.tools:
                 if type(tool) is Syncd:
                     self.add(
@@ -606,13 +781,13 @@ def _pick(samples: list[Sample], tool: str, scenario: str) -> list[Sample]:
     return [s for s in samples if s.tool == tool and s.scenario == scenario]
 
 
-Metric = Callable[[Sample], float]
+Metric = Callable[[Sample], float | None]
 
 METRICS: dict[str, Metric] = {
     "wall_s": lambda s: s.proc.wall,
     "cpu_s": lambda s: s.proc.cpu,
     "cpu_sys_s": lambda s: s.proc.sys,
-    "peak_rss_mb": lambda s: s.proc.rss_mb,
+    "peak_rss_mb": lambda s: None if s.proc.in_process else s.proc.rss_mb,
     "source_mb_read": lambda s: s.reg("source").blob_get_bytes / C.MB,
     "source_requests": lambda s: s.reg("source").requests,
     "target_requests": lambda s: sum(t.requests for t in s.targets),
@@ -623,9 +798,12 @@ METRICS: dict[str, Metric] = {
 }
 
 
+FLOOR_TOOLS = (RequestFloor.name,)
+
+
 def summarize(samples: list[Sample]) -> dict[str, Any]:
-    """Per scenario and metric: each tool's median, and for every syncd variant the median
-    of its paired ratios to skopeo (``ratio`` for plain syncd, ``ratio:<variant>``)."""
+    """Per scenario and metric: each tool's median, and for every other tool the median of
+    its paired ratios to skopeo (``ratio`` for plain syncd, ``ratio:<tool>``)."""
     tools = list(dict.fromkeys(s.tool for s in samples))
     for name in ("syncd", "skopeo"):
         if name not in tools:
@@ -637,7 +815,11 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
             row: dict[str, Any] = {}
             per_tool: dict[str, dict[int, float]] = {}
             for tool in tools:
-                values = {s.rep: float(fn(s)) for s in _pick(samples, tool, scenario)}
+                values = {
+                    s.rep: float(v)
+                    for s in _pick(samples, tool, scenario)
+                    if (v := fn(s)) is not None
+                }
                 per_tool[tool] = values
                 row[tool] = _median(values.values())
             base = per_tool["skopeo"]
@@ -662,11 +844,12 @@ def evaluate(
     """The issue's targets, each with the measured value and whether it is met."""
     checks: list[dict[str, Any]] = []
 
-    def check(name: str, value: float | None, limit: str, met: bool | None) -> None:
-        checks.append({"target": name, "value": value, "limit": limit, "met": met})
+    def check(name: str, value: float | None, limit: str, met: bool | None, **more: Any) -> None:
+        checks.append({"target": name, "value": value, "limit": limit, "met": met, **more})
 
-    def ratio(scenario: str, metric: str) -> float | None:
-        r = summary.get(scenario, {}).get(metric, {}).get("ratio")
+    def ratio(scenario: str, metric: str, tool: str = "syncd") -> float | None:
+        key = "ratio" if tool == "syncd" else f"ratio:{tool}"
+        r = summary.get(scenario, {}).get(metric, {}).get(key)
         return None if r is None else round(r, 3)
 
     def med(scenario: str, metric: str, tool: str = "syncd") -> float | None:
@@ -744,7 +927,14 @@ def evaluate(
         puts = max(s.targets[0].counts.get("manifest_put", 0) for s in runs)
         check(f"{scenario}: no manifest re-push", puts, "= 0", puts == 0)
         r = ratio(scenario, "wall_s")
-        check(f"{scenario}: wall ≤ {limit}× skopeo", r, f"≤ {limit}", le(r, limit))
+        # Next to syncd's figure: whether the target is reachable at all on this machine.
+        check(
+            f"{scenario}: wall ≤ {limit}× skopeo",
+            r,
+            f"≤ {limit}",
+            le(r, limit),
+            floor=ratio(scenario, "wall_s", RequestFloor.name),
+        )
         if scenario == "noop-many":
             w = med(scenario, "wall_s")
             check("noop-many: syncd wall under 30 s", w, "< 30", None if w is None else w < 30)
@@ -778,7 +968,63 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], bound: list[Any]) -> str:
+def floors_table(summary: dict[str, Any]) -> list[str]:
+    """The no-op passes next to their floors: one row per pass, medians and paired ratios."""
+    rows = []
+    for scenario in ("noop", "noop-many"):
+        if scenario not in summary:
+            continue
+        for label, scen, tool in (
+            ("syncd once", scenario, "syncd"),
+            ("request floor", scenario, RequestFloor.name),
+            ("skopeo", scenario, "skopeo"),
+        ):
+            figures = summary.get(scen)
+            if not figures or figures["wall_s"].get(tool) is None:
+                continue
+            key = {"syncd": "ratio", "skopeo": ""}.get(tool, f"ratio:{tool}")
+            cells = [scenario, label, _fmt(figures["wall_s"][tool])]
+            cells.append(_fmt(figures["wall_s"].get(key), 3) if key else "1")
+            cells += [
+                _fmt(figures[m].get(tool))
+                for m in ("cpu_s", "registries_cpu_s", "source_requests", "target_requests")
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "No-op passes and their floors (medians; ratio: paired, to skopeo's pass of the same "
+        "scenario and repetition). The request floor is a plain aiohttp client "
+        "making one `tags/list` per repository and one manifest HEAD per tag at each registry.",
+        "",
+        "| scenario | pass | wall_s | /skopeo wall | client cpu_s | registries_cpu_s "
+        "| source_requests | target_requests |",
+        "| --- | --- |" + " ---: |" * 6,
+        *rows,
+    ]
+
+
+def startup_lines(startup: list[dict[str, Any]]) -> list[str]:
+    if not startup:
+        return []
+    med = {k: _median(r[k] for r in startup) for k in startup[0] if k != "rep"}
+    return [
+        "",
+        f"Start-up floor (median over {len(startup)} repetition(s) of the median of 5 runs, "
+        f"wall s): `import asyncio, aiohttp, pydantic, yaml, prometheus_client` "
+        f"{_fmt(med['import_deps_s'], 3)}, `import syncd.cli` "
+        f"{_fmt(med['import_syncd_cli_s'], 3)}, `python -m syncd --help` "
+        f"{_fmt(med['syncd_help_s'], 3)}.",
+    ]
+
+
+def markdown(
+    summary: dict[str, Any],
+    checks: list[dict[str, Any]],
+    bound: list[Any],
+    startup: list[dict[str, Any]] | None = None,
+) -> str:
     shown = [
         "wall_s",
         "cpu_s",
@@ -795,7 +1041,11 @@ def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], bound: list[
     tools = ["syncd", "skopeo"]
     for rows in summary.values():
         for row in rows.values():
-            tools += [k for k in row if k not in tools and k != "ratio" and ":" not in k]
+            tools += [
+                k
+                for k in row
+                if k not in tools and k != "ratio" and ":" not in k and k not in FLOOR_TOOLS
+            ]
     variants = [t for t in tools if t not in ("syncd", "skopeo")]
     head = ["scenario", "metric", *tools, "syncd/skopeo (paired median)"]
     head += [f"{v}/skopeo" for v in variants]
@@ -818,10 +1068,21 @@ def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], bound: list[
             f"Machine bound (median): download {_fmt(dl)} MB/s, upload {_fmt(up)} MB/s; "
             f"a plain GET→PUT copier: {_fmt(cp)} MB/s",
         ]
-    lines += ["", "| target | measured | limit | met |", "| --- | ---: | --- | --- |"]
+    lines += floors_table(summary)
+    lines += startup_lines(startup or [])
+    lines += [
+        "",
+        "| target | measured | limit | met | request floor |",
+        "| --- | ---: | --- | --- | ---: |",
+    ]
     for c in checks:
         met = {True: "yes", False: "**no**", None: "n/a"}[c["met"]]
-        lines.append(f"| {c['target']} | {_fmt(c['value'], 3)} | {c['limit']} | {met} |")
+        extra = [_fmt(c[k], 3) if k in c else "" for k in ("floor",)]
+        lines.append(
+            f"| {c['target']} | {_fmt(c['value'], 3)} | {c['limit']} | {met} | "
+            + " | ".join(extra)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -838,6 +1099,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["syncd", "skopeo"], help="run one tool only")
     ap.add_argument("--uvloop", action="store_true", help="also run syncd on uvloop")
     ap.add_argument("--profile", action="store_true", help="also profile one syncd cold pass")
+    ap.add_argument(
+        "--no-floors",
+        action="store_true",
+        help="skip the request floor and start-up floor",
+    )
     args = ap.parse_args(argv)
     quick = {"scale": 0.1, "reps": 2, "many": 500, "many_reps": 1, "big": 128}
     full = {"scale": 1.0, "reps": 5, "many": 5000, "many_reps": 3, "big": 1024}
@@ -896,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "checks": checks,
         "bound": bench.bound,
+        "startup": bench.startup,
         "samples": [asdict(s) for s in bench.samples],
         "extras": bench.extras,
         "error": error,
@@ -905,7 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(doc, indent=1, default=str)
     (OUT_DIR / f"results-{stamp}.json").write_text(text)
     (OUT_DIR / "results.json").write_text(text)
-    print(markdown(summary, checks, bench.bound))
+    print(markdown(summary, checks, bench.bound, bench.startup))
     print(f"\n{len(bench.samples)} passes in {doc['elapsed_s']:.0f}s; "
           f"JSON: bench/out/results-{stamp}.json", file=sys.stderr)  # fmt: skip
     if error:

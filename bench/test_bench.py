@@ -81,6 +81,15 @@ async def test_seed_verify_and_count_from_access_logs(
     assert await R._verify(reg.url, corpus, corpus.extra)
     await C.delete_manifest(reg.url, "app01", corpus.extra["app01"].tags["1.4"])
     assert not await R._verify(reg.url, corpus, corpus.extra)
+    # The request floor makes exactly the no-op budget at each registry (here one, twice).
+    mark = reg.log_mark()
+    assert await R.request_floor(reg.url, [reg.url], list(corpus.repos)) == []
+    reg.settle()
+    floor = R.reg_stats(reg, "source", mark, R.RequestFloor.agent, 0.0)
+    assert floor.counts == {
+        "manifest_head": 2 * corpus.tag_count,
+        "tags_list": 2 * len(corpus.repos),
+    }
 
 
 def test_slope_and_paired_summary() -> None:
@@ -106,3 +115,22 @@ def test_soak_flags_growth_but_not_noise() -> None:
     assert not result["ok"]
     assert result["rss_growth_mb"] == pytest.approx(36.0)
     assert result["fd_growth"] == pytest.approx(18.0)
+
+
+def test_floor_pairs_with_skopeo_and_has_no_rss() -> None:
+    def sample(
+        tool: str, scenario: str, rep: int, wall: float, in_process: bool = False
+    ) -> R.Sample:
+        proc = R.ProcStats(wall=wall, rss_mb=30.0, in_process=in_process)
+        return R.Sample(tool, scenario, rep, proc, [R.RegStats("source")])
+
+    samples = [
+        sample("skopeo", "noop", 0, 2.0),
+        sample("syncd", "noop", 0, 1.0),
+        sample("request floor", "noop", 0, 0.2, in_process=True),
+    ]
+    summary = R.summarize(samples)
+    assert summary["noop"]["wall_s"]["ratio:request floor"] == pytest.approx(0.1)
+    assert summary["noop"]["peak_rss_mb"]["request floor"] is None
+    table = "\n".join(R.floors_table(summary))
+    assert "| noop | request floor | 0.20 | 0.100 |" in table
