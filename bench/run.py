@@ -22,7 +22,9 @@ machine allows at all:
   (a ``tags/list`` per repository, a manifest HEAD per tag, at the source and the target at
   once, 8 at a time per registry), next to the tools' ``noop`` and ``noop-many`` passes;
 * start-up floor: wall of importing the dependency stack, of ``import syncd.cli`` and of
-  ``syncd --help`` (median of 5 runs each, every repetition).
+  ``syncd --help`` (median of 5 runs each, every repetition);
+* ``syncd run``: the steady-state pass of the daemon (``noop-run``, ``noop-many-run``), with
+  no interpreter start-up and no ``/v2/`` ping, paired with skopeo's no-op of the repetition.
 
 Results: ``bench/out/results-<time>.json`` (+ ``results.json``), a Markdown table on stdout.
 ``--quick`` is a ~2-minute smoke run; the default full run fits in about 15 minutes.
@@ -38,12 +40,14 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +59,7 @@ import aiohttp
 import yaml
 
 from bench import corpus as C
-from tests.helpers.registry import Access, Registry, RegistryFactory
+from tests.helpers.registry import Access, Registry, RegistryFactory, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -166,10 +170,12 @@ class RegStats:
     cpu: float = 0.0
 
 
-def reg_stats(reg: Registry, role: str, since: int, agent: str, cpu: float) -> RegStats:
+def reg_stats(
+    reg: Registry, role: str, since: int, agent: str, cpu: float, until: int | None = None
+) -> RegStats:
     with (reg.workdir / "registry.log").open("rb") as f:
         f.seek(since)
-        text = f.read().decode(errors="replace")
+        text = f.read(-1 if until is None else until - since).decode(errors="replace")
     counts: Counter[str] = Counter()
     stats = RegStats(role, cpu=round(cpu, 3))
     for m in _LOG_RE.finditer(text):
@@ -247,7 +253,13 @@ class Syncd(Tool):
         self.count = 0
 
     def config(
-        self, src: Registry, targets: list[Registry], repos: list[str], immutable: bool
+        self,
+        src: Registry,
+        targets: list[Registry],
+        repos: list[str],
+        immutable: bool,
+        *,
+        interval: str | None = None,
     ) -> Path:
         registries = {"src": {"url": src.url}}
         registries.update({f"t{i}": {"url": t.url} for i, t in enumerate(targets)})
@@ -260,8 +272,13 @@ class Syncd(Tool):
         if immutable:
             rule["immutable_tags"] = [".*"]
         doc: dict[str, Any] = {"registries": registries, "rules": [rule]}
+        defaults: dict[str, Any] = {}
         if self.concurrency:
-            doc["defaults"] = {"concurrency": self.concurrency}
+            defaults["concurrency"] = self.concurrency
+        if interval:
+            defaults["interval"] = interval
+        if defaults:
+            doc["defaults"] = defaults
         self.count += 1
         path = self.workdir / f"syncd-{self.count}.yml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -425,6 +442,40 @@ def startup_floor(runs: int = 5) -> dict[str, Any]:
     return out
 
 
+DAEMON_INTERVAL = "2s"
+# Seconds between /metrics scrapes while waiting for a pass to end: often until the first
+# mark, then less, as each scrape costs the daemon CPU that the measured pass is charged.
+DAEMON_POLL = (0.1, 0.25)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with (at least) ``labels`` in Prometheus text format."""
+    want = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)", line)
+        if not m or m[1] != name:
+            continue
+        have = set(re.findall(r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"', m[2] or ""))
+        if want <= have:
+            return float(m[3])
+    return None
+
+
+def _scrape(port: int) -> tuple[float | None, float | None]:
+    """(count, sum) of the bench rule's ``syncd_sync_duration_seconds``; Nones if not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None, None
+    name = "syncd_sync_duration_seconds"
+    return metric_value(text, f"{name}_count", rule="bench"), metric_value(
+        text, f"{name}_sum", rule="bench"
+    )
+
+
 # -- one measured pass ---------------------------------------------------------------------
 @dataclass
 class Sample:
@@ -465,6 +516,108 @@ def measure(
         for role, r, mark, cpu0 in marks
     ]
     sample = Sample(tool.name, scenario, rep, proc, stats)
+    _progress(sample)
+    return sample
+
+
+DAEMON_TOOL = "syncd run"
+
+
+def _log_size(reg: Registry) -> int:
+    """The access log's size now, without waiting for it to settle (``log_mark`` does)."""
+    path = reg.workdir / "registry.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def daemon_pass(
+    tool: Syncd, scenario: str, rep: int, src: Registry, tgt: Registry, repos: list[str]
+) -> Sample:
+    """A steady-state pass of ``syncd run``: a daemon started with the ``once`` config plus
+    ``defaults.interval``, measured over its second pass (or a later one, see below).
+
+    Wall is that pass's own duration (the delta of ``syncd_sync_duration_seconds_sum``), so
+    it carries no interpreter start-up and no ``/v2/`` ping (once per process, before the
+    first pass); CPU is the daemon's ``/proc`` utime + stime from mark to mark (the idle gap
+    before the pass, the pass, and answering the bench's ``/metrics`` scrapes, 4 a second).
+
+    Marks (access-log offsets, registries' and daemon's CPU) are taken between passes, right
+    after ``_count`` reaches k, and the pass measured is the one between two marks. The next
+    pass starts ``interval`` ± 10 % after the *start* of the previous one, so a gap can be
+    short. The daemon runs at ``--log-level info`` (two lines a pass) and logs "rule pass
+    started" before it sends anything: a mark taken when pass k + 1 had already started is
+    not clean, and the bench moves on to the next pair of clean marks.
+    """
+    cfg = tool.config(src, [tgt], repos, False, interval=DAEMON_INTERVAL)
+    port = free_port()
+    cmd = [PYTHON, "-m", "syncd", "-c", str(cfg), "--log-level", "info"]
+    cmd += ["--listen", f"127.0.0.1:{port}", "run"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    stats = ProcStats(processes=1)
+    regs = [("source", src), ("target0", tgt)]
+    log = tool.workdir / "syncd-run.log"
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        since = out.tell()
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def mark(k: int, poll: float) -> tuple[bool, float, list[tuple[int, float]], float]:
+        """After pass k ended: (clean, duration sum, [(log offset, CPU)] per registry, CPU)."""
+        deadline = time.monotonic() + TOOL_TIMEOUT  # bounded, and a dead daemon ends it
+        while time.monotonic() < deadline and proc.poll() is None:
+            n, total = _scrape(port)
+            if n is not None and total is not None and n >= k:
+                break
+            time.sleep(poll)
+        else:
+            raise RuntimeError(f"pass {k} never ended (exit {proc.poll()})")
+        time.sleep(0.02)  # the registry logs a request just after answering it
+        regs_now = [(_log_size(r), registry_cpu(r)) for _, r in regs]
+        cpu = proc_cpu(proc.pid)
+        with log.open("rb") as f:
+            f.seek(since)
+            started = f.read().count(b"rule pass started")
+        return n == k and started == k, total, regs_now, cpu
+
+    regstats: list[RegStats] = []
+    note = ""
+    try:
+        k = 1
+        before = mark(k, DAEMON_POLL[0])
+        while True:
+            after = mark(k + 1, DAEMON_POLL[1])
+            if before[0] and after[0]:
+                break
+            if k >= 5:
+                raise RuntimeError("no two clean gaps between passes to take the marks in")
+            k, before = k + 1, after
+        stats.wall = after[1] - before[1]
+        stats.cpu = after[3] - before[3]
+        stats.rss_mb = stats.rss_sum_mb = _vm_hwm_kb(proc.pid) / 1024
+        if k > 1:
+            note = f"measured pass {k + 1}: a mark fell into an earlier pass"
+        regstats = [
+            reg_stats(r, role, off0, tool.agent, cpu1 - cpu0, until=off1)
+            for (role, r), (off0, cpu0), (off1, cpu1) in zip(regs, before[2], after[2], strict=True)
+        ]
+    except RuntimeError as e:
+        stats.failures = 1
+        stats.errors.append(f"{e}: {' '.join(cmd)[-160:]}")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait(5)
+        if rc != 0 and not stats.failures:
+            stats.failures = 1
+            stats.errors.append(f"exit {rc} after SIGTERM: {' '.join(cmd)[-160:]}")
+    sample = Sample(DAEMON_TOOL, scenario, rep, stats, regstats or [RegStats(r) for r, _ in regs])
+    sample.note = note
     _progress(sample)
     return sample
 
@@ -641,6 +794,8 @@ class Bench:
                 if self.floors and i == 0:
                     # Once a repetition, next to the first tool's no-op, on the same target.
                     self.add(measure(self.floor, "noop", rep, src, [target], repos))
+                if self.floors and type(tool) is Syncd:
+                    self.add(daemon_pass(tool, "noop-run", rep, src, target, repos))
                 asyncio.run(C.push(src.url, main, repos=main.extra))
                 s = self.add(measure(tool, "incr", rep, src, [target], repos))
                 s.verified = verify(target, main, main.extra)
@@ -707,6 +862,8 @@ class Bench:
                     self.add(
                         measure(tool, "noop-many-immutable", rep, src, [tgt], repos, immutable=True)
                     )
+                    if self.floors:
+                        self.add(daemon_pass(tool, "noop-many-run", rep, src, tgt, repos))
         self.discard(src)
         self.discard(tgt)
 
@@ -798,12 +955,15 @@ METRICS: dict[str, Metric] = {
 }
 
 
-FLOOR_TOOLS = (RequestFloor.name,)
+# Scenarios skopeo has no pass of: their ratios pair with skopeo in this scenario instead.
+BASE_SCENARIO = {"noop-run": "noop", "noop-many-run": "noop-many"}
+FLOOR_TOOLS = (RequestFloor.name, DAEMON_TOOL)
 
 
 def summarize(samples: list[Sample]) -> dict[str, Any]:
     """Per scenario and metric: each tool's median, and for every other tool the median of
-    its paired ratios to skopeo (``ratio`` for plain syncd, ``ratio:<tool>``)."""
+    its paired ratios to skopeo (``ratio`` for plain syncd, ``ratio:<tool>``). The daemon's
+    scenarios pair with skopeo's pass of ``BASE_SCENARIO`` in the same repetition."""
     tools = list(dict.fromkeys(s.tool for s in samples))
     for name in ("syncd", "skopeo"):
         if name not in tools:
@@ -823,6 +983,12 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
                 per_tool[tool] = values
                 row[tool] = _median(values.values())
             base = per_tool["skopeo"]
+            if not base and scenario in BASE_SCENARIO:
+                base = {
+                    s.rep: float(v)
+                    for s in _pick(samples, "skopeo", BASE_SCENARIO[scenario])
+                    if (v := fn(s)) is not None
+                }
             for tool in tools:
                 if tool == "skopeo":
                     continue
@@ -927,13 +1093,15 @@ def evaluate(
         puts = max(s.targets[0].counts.get("manifest_put", 0) for s in runs)
         check(f"{scenario}: no manifest re-push", puts, "= 0", puts == 0)
         r = ratio(scenario, "wall_s")
-        # Next to syncd's figure: whether the target is reachable at all on this machine.
+        # Next to syncd's figure: whether the target is reachable at all on this machine
+        # (the request floor), and syncd without its process start-up (the daemon's pass).
         check(
             f"{scenario}: wall ≤ {limit}× skopeo",
             r,
             f"≤ {limit}",
             le(r, limit),
             floor=ratio(scenario, "wall_s", RequestFloor.name),
+            daemon=ratio(f"{scenario}-run", "wall_s", DAEMON_TOOL),
         )
         if scenario == "noop-many":
             w = med(scenario, "wall_s")
@@ -972,10 +1140,14 @@ def floors_table(summary: dict[str, Any]) -> list[str]:
     """The no-op passes next to their floors: one row per pass, medians and paired ratios."""
     rows = []
     for scenario in ("noop", "noop-many"):
-        if scenario not in summary:
-            continue
+        if scenario not in summary or all(
+            summary.get(s, {}).get("wall_s", {}).get(t) is None
+            for s, t in ((scenario, RequestFloor.name), (f"{scenario}-run", DAEMON_TOOL))
+        ):
+            continue  # no floor measured (--no-floors): syncd and skopeo are in the table above
         for label, scen, tool in (
             ("syncd once", scenario, "syncd"),
+            ("syncd run (steady-state pass)", f"{scenario}-run", DAEMON_TOOL),
             ("request floor", scenario, RequestFloor.name),
             ("skopeo", scenario, "skopeo"),
         ):
@@ -995,7 +1167,9 @@ def floors_table(summary: dict[str, Any]) -> list[str]:
     return [
         "",
         "No-op passes and their floors (medians; ratio: paired, to skopeo's pass of the same "
-        "scenario and repetition). The request floor is a plain aiohttp client "
+        "scenario and repetition). `syncd run` is a steady-state pass of the daemon (its "
+        "second, unless a mark fell into a pass): no interpreter "
+        "start-up, no per-process `/v2/` ping. The request floor is a plain aiohttp client "
         "making one `tags/list` per repository and one manifest HEAD per tag at each registry.",
         "",
         "| scenario | pass | wall_s | /skopeo wall | client cpu_s | registries_cpu_s "
@@ -1072,12 +1246,12 @@ def markdown(
     lines += startup_lines(startup or [])
     lines += [
         "",
-        "| target | measured | limit | met | request floor |",
-        "| --- | ---: | --- | --- | ---: |",
+        "| target | measured | limit | met | request floor | syncd run |",
+        "| --- | ---: | --- | --- | ---: | ---: |",
     ]
     for c in checks:
         met = {True: "yes", False: "**no**", None: "n/a"}[c["met"]]
-        extra = [_fmt(c[k], 3) if k in c else "" for k in ("floor",)]
+        extra = [_fmt(c[k], 3) if k in c else "" for k in ("floor", "daemon")]
         lines.append(
             f"| {c['target']} | {_fmt(c['value'], 3)} | {c['limit']} | {met} | "
             + " | ".join(extra)
@@ -1102,7 +1276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-floors",
         action="store_true",
-        help="skip the request floor and start-up floor",
+        help="skip the request floor, start-up floor and `syncd run` no-op passes",
     )
     args = ap.parse_args(argv)
     quick = {"scale": 0.1, "reps": 2, "many": 500, "many_reps": 1, "big": 128}

@@ -117,7 +117,27 @@ def test_soak_flags_growth_but_not_noise() -> None:
     assert result["fd_growth"] == pytest.approx(18.0)
 
 
-def test_floor_pairs_with_skopeo_and_has_no_rss() -> None:
+def test_metric_value_reads_prometheus_text() -> None:
+    text = "\n".join(
+        [
+            "# HELP syncd_sync_duration_seconds Duration of one pass of a rule",
+            "# TYPE syncd_sync_duration_seconds histogram",
+            'syncd_sync_duration_seconds_bucket{le="0.5",rule="bench"} 1.0',
+            'syncd_sync_duration_seconds_count{rule="other"} 7.0',
+            'syncd_sync_duration_seconds_count{rule="bench"} 2.0',
+            'syncd_sync_duration_seconds_sum{rule="bench"} 0.8125',
+            "syncd_sync_duration_seconds_created 1.7e+09",
+        ]
+    )
+    name = "syncd_sync_duration_seconds"
+    assert R.metric_value(text, f"{name}_count", rule="bench") == 2.0
+    assert R.metric_value(text, f"{name}_sum", rule="bench") == 0.8125
+    assert R.metric_value(text, f"{name}_count", rule="nope") is None
+    assert R.metric_value(text, f"{name}_created") == 1.7e9
+    assert R.metric_value("", f"{name}_count", rule="bench") is None
+
+
+def test_daemon_pairs_with_skopeos_noop_and_floor_has_no_rss() -> None:
     def sample(
         tool: str, scenario: str, rep: int, wall: float, in_process: bool = False
     ) -> R.Sample:
@@ -128,9 +148,12 @@ def test_floor_pairs_with_skopeo_and_has_no_rss() -> None:
         sample("skopeo", "noop", 0, 2.0),
         sample("syncd", "noop", 0, 1.0),
         sample("request floor", "noop", 0, 0.2, in_process=True),
+        sample("syncd run", "noop-run", 0, 0.5),
     ]
     summary = R.summarize(samples)
     assert summary["noop"]["wall_s"]["ratio:request floor"] == pytest.approx(0.1)
     assert summary["noop"]["peak_rss_mb"]["request floor"] is None
+    assert summary["noop-run"]["wall_s"]["ratio:syncd run"] == pytest.approx(0.25)
     table = "\n".join(R.floors_table(summary))
+    assert "| noop | syncd run (steady-state pass) | 0.50 | 0.250 |" in table
     assert "| noop | request floor | 0.20 | 0.100 |" in table
