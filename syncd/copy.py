@@ -33,6 +33,7 @@ from syncd.errors import (
 )
 from syncd.manifest import Descriptor, Manifest, Platform, parse_manifest
 from syncd.metrics import Metrics
+from syncd.registry.client import ManifestInfo
 from syncd.rules import backup_tag, platform_selected
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,28 @@ class TargetSpec:
     tag: str | None
     overwrite: bool = True
     backup: str | None = None
+
+
+class Lookahead:
+    """Target HEADs sent early (``CopyEngine.look_ahead``); each is used at most once.
+
+    ``close`` cancels or collects what the copy never used (a source that failed, an
+    image refused before its targets were looked at), so no task outlives its job and no
+    error goes unobserved.
+    """
+
+    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestInfo | None]]) -> None:
+        self._tasks = tasks
+
+    def take(self, t: Endpoint) -> asyncio.Future[ManifestInfo | None] | None:
+        return self._tasks.pop(t, None)
+
+    async def close(self) -> None:
+        left = list(self._tasks.values())
+        self._tasks.clear()
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
 
 @dataclass(slots=True)
@@ -220,6 +243,22 @@ class CopyEngine:
         return out
 
     # -- one image -------------------------------------------------------------------------
+    def look_ahead(self, specs: Sequence[TargetSpec]) -> Lookahead:
+        """Start the HEAD of each target tag now, alongside the source's HEAD.
+
+        Whether a target is up to date needs both answers, but neither request needs the
+        other's: sent together, a tag already in place costs one round trip, not two.
+        """
+        return Lookahead(
+            {
+                spec.endpoint: asyncio.ensure_future(
+                    spec.endpoint.client.manifest_head(spec.endpoint.repository, spec.tag)
+                )
+                for spec in specs
+                if spec.tag
+            }
+        )
+
     async def copy_image(
         self,
         source: Endpoint,
@@ -229,6 +268,7 @@ class CopyEngine:
         platforms: Sequence[str] = (),
         source_digest: str | None = None,
         dry_run: bool = False,
+        looked: Lookahead | None = None,
     ) -> ImageResult:
         """Bring every target to the source's digest for ``reference``.
 
@@ -253,7 +293,7 @@ class CopyEngine:
 
         # Phase 1: where does each target stand? (one HEAD each)
         heads = await asyncio.gather(
-            *(self._check_target(spec, result.digest, dry_run) for spec in targets),
+            *(self._check_target(spec, result.digest, dry_run, looked) for spec in targets),
             return_exceptions=True,
         )
         todo: list[TargetSpec] = []
@@ -356,10 +396,16 @@ class CopyEngine:
                 failures[spec.endpoint] = err
         return counts, time.monotonic() - start
 
-    async def _check_target(self, spec: TargetSpec, digest: str, dry_run: bool) -> bool:
+    async def _check_target(
+        self, spec: TargetSpec, digest: str, dry_run: bool, looked: Lookahead | None = None
+    ) -> bool:
         """True if the target needs the image; raises if policy forbids the move."""
         t = spec.endpoint
-        current = await t.client.manifest_head(t.repository, spec.tag or digest)
+        early = looked.take(t) if looked else None
+        if early is not None:
+            current = await early
+        else:
+            current = await t.client.manifest_head(t.repository, spec.tag or digest)
         if current is not None and current.digest == digest:
             return False
         if current is not None and spec.tag:

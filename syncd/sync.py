@@ -20,6 +20,7 @@ from syncd.errors import NotFoundError, SyncdError, failure_reason
 from syncd.manifest import Descriptor
 from syncd.metrics import Metrics
 from syncd.referrers import ReferrerSync, is_referrer_tag
+from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
 from syncd.rules import (
     is_glob,
@@ -315,6 +316,38 @@ class Syncer:
             yield _Job(repo, tag, wanted, referrer_tags)
 
     # -- one image -----------------------------------------------------------------------------
+    def _refuse_unsigned(
+        self,
+        rule: RuleConfig,
+        job: _Job,
+        result: RulePassResult,
+        source: str,
+        head: ManifestInfo | None,
+        unsigned: SyncdError,
+        dry_run: bool,
+    ) -> None:
+        """``require_signature``: the image is not copied; plan says so, a pass counts it."""
+        if not dry_run:
+            self._record_failure(
+                rule, result, f"{source}:{job.tag}", unsigned, [t for t, _ in job.targets]
+            )
+            return
+        digest = head.digest if head else ""
+        for name, trepo in job.targets:
+            result.plan.append(
+                PlanEntry(
+                    rule.name,
+                    source,
+                    job.tag,
+                    digest,
+                    digest,
+                    f"{name}/{trepo}",
+                    "unsigned" if head else "failed",
+                    error=str(unsigned),
+                )
+            )
+        result.failed += 1
+
     async def _run_job(
         self, rule: RuleConfig, job: _Job, result: RulePassResult, dry_run: bool
     ) -> None:
@@ -330,38 +363,25 @@ class Syncer:
         ]
         # -- referrers (syncd/referrers.py): signature gate before the copy, artifacts after
         refs = self.referrers.for_job(rule, source, job.referrer_tags)
-        head = await refs.resolve(job.tag) if refs.active else None
-        if rule.require_signature:
-            unsigned = await refs.unsigned(job.tag, head)
+        # The target HEADs go out alongside the source's HEAD (refs.resolve), not after it.
+        looked = self.engine.look_ahead(specs)
+        try:
+            head = await refs.resolve(job.tag) if refs.active else None
+            unsigned = await refs.unsigned(job.tag, head) if rule.require_signature else None
             if unsigned is not None:
-                if dry_run:
-                    for name, trepo in job.targets:
-                        result.plan.append(
-                            PlanEntry(
-                                rule.name,
-                                str(source),
-                                job.tag,
-                                head.digest if head else "",
-                                head.digest if head else "",
-                                f"{name}/{trepo}",
-                                "unsigned" if head else "failed",
-                                error=str(unsigned),
-                            )
-                        )
-                    result.failed += 1
-                else:
-                    self._record_failure(
-                        rule, result, f"{source}:{job.tag}", unsigned, [t for t, _ in job.targets]
-                    )
+                self._refuse_unsigned(rule, job, result, str(source), head, unsigned, dry_run)
                 return
-        image = await self.engine.copy_image(
-            source,
-            job.tag,
-            specs,
-            platforms=rule.platforms,
-            source_digest=head.digest if head else None,
-            dry_run=dry_run,
-        )
+            image = await self.engine.copy_image(
+                source,
+                job.tag,
+                specs,
+                platforms=rule.platforms,
+                source_digest=head.digest if head else None,
+                dry_run=dry_run,
+                looked=looked,
+            )
+        finally:
+            await looked.close()
         planned: list[PlanEntry] = []
         if head is not None and rule.referrers and image.error is None:
             carried = await refs.carry(head, image, specs, dry_run=dry_run)
