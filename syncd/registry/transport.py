@@ -57,6 +57,9 @@ _BACKOFF_INITIAL = 0.25
 _BACKOFF_MAX = 10.0
 # A Retry-After beyond this is treated as "not now": fail and let the next pass retry.
 _MAX_RETRY_AFTER = 120.0
+# How long a failed /v2/ ping (after its retries) is the answer for other requests: the
+# jobs queued behind it in one pass, not the next pass of a daemon.
+_PING_FAILURE_TTL = 5.0
 
 BodyFactory = Callable[[], AsyncIterable[bytes]]
 
@@ -195,6 +198,7 @@ class Transport:
         self._max_concurrency = max_concurrency
         self._session: aiohttp.ClientSession | None = None
         self._ping_lock = asyncio.Lock()
+        self._ping_failure: tuple[float, SyncdError] | None = None
         self._pinged = asyncio.Event()
         self._paused_until = 0.0
         self._quota_exhausted = False
@@ -239,33 +243,48 @@ class Transport:
         async with self._ping_lock:
             if self._pinged.is_set():
                 return
-            url = self.base_url + "/v2/"
-            async for attempt in self._retrying(attempts):
-                with attempt:
-                    async with self._map_errors("GET", url, ""):
-                        start = time.monotonic()
-                        async with self.session.get(url, ssl=self._ssl_arg) as resp:
-                            await resp.content.read(MAX_ERROR_BODY)
-                            self._count("GET", resp.status, start)
-                            if resp.status == 401:
-                                self.auth.learn(resp.headers.get("WWW-Authenticate"))
-                            elif resp.status >= 500 or resp.status == 429:
-                                raise ServerError(
-                                    f"/v2/ answered {resp.status}",
-                                    registry=self.name,
-                                    method="GET",
-                                    url=redact_url(url),
-                                    status=resp.status,
-                                )
-                            elif resp.status == 404:
-                                raise ClientRequestError(
-                                    "not a registry: /v2/ answered 404 (check the url)",
-                                    registry=self.name,
-                                    method="GET",
-                                    url=redact_url(url),
-                                    status=404,
-                                )
+            # Every job of a pass pings an unreachable registry through this lock in turn;
+            # each would sit through the whole retry schedule again (a pass of 50 tags to a
+            # dead target took 5 minutes). A fresh failure answers them at once instead.
+            failed = self._ping_failure
+            if failed is not None and time.monotonic() - failed[0] < _PING_FAILURE_TTL:
+                raise failed[1]
+            try:
+                await self._ping(attempts)
+            except SyncdError as e:
+                self._ping_failure = (time.monotonic(), e)
+                raise
+            self._ping_failure = None
             self._pinged.set()
+
+    async def _ping(self, attempts: int) -> None:
+        """``GET /v2/`` with retries; a 401 teaches the authenticator its challenge."""
+        url = self.base_url + "/v2/"
+        async for attempt in self._retrying(attempts):
+            with attempt:
+                async with self._map_errors("GET", url, ""):
+                    start = time.monotonic()
+                    async with self.session.get(url, ssl=self._ssl_arg) as resp:
+                        await resp.content.read(MAX_ERROR_BODY)
+                        self._count("GET", resp.status, start)
+                        if resp.status == 401:
+                            self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                        elif resp.status >= 500 or resp.status == 429:
+                            raise ServerError(
+                                f"/v2/ answered {resp.status}",
+                                registry=self.name,
+                                method="GET",
+                                url=redact_url(url),
+                                status=resp.status,
+                            )
+                        elif resp.status == 404:
+                            raise ClientRequestError(
+                                "not a registry: /v2/ answered 404 (check the url)",
+                                registry=self.name,
+                                method="GET",
+                                url=redact_url(url),
+                                status=404,
+                            )
 
     @property
     def _ssl_arg(self) -> Any:

@@ -89,3 +89,24 @@ async def test_an_exhausted_docker_hub_quota_paces_requests(
     assert gaps and min(gaps) >= 0.15
     warnings = [r for r in caplog.records if "quota exhausted" in r.getMessage()]
     assert len(warnings) == 1  # logged once, not per request
+
+
+async def test_an_unreachable_target_fails_the_pass_after_one_round_of_retries(
+    source: Registry,
+) -> None:
+    """Every image of the pass needs the dead target; they share one failed ping instead of
+    each sitting through the retry schedule (which made a 50-tag pass take 5 minutes)."""
+    import asyncio
+
+    from tests.helpers.registry import free_port
+
+    for i in range(12):
+        push(source.url, "d/t", f"v{i}", image(f"dead-target-{i}", layers=1, size=500))
+    dead = f"http://127.0.0.1:{free_port()}"
+    metrics = Metrics()
+    started = time.monotonic()
+    result = await asyncio.wait_for(sync(config_for(source.url, [dead], ["d/t"]), metrics), 60)
+    assert result.failed == 12 and result.synced == 0
+    errors = metrics.registry_requests.labels(registry="t0", method="GET", code="error")
+    assert errors._value.get() == 5  # one ping, its five attempts (retries: 5)
+    print(f"\n12 images to an unreachable target failed in {time.monotonic() - started:.1f}s")
