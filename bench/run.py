@@ -71,6 +71,7 @@ _LOG_RE = re.compile(
     r'"[^"]*" "(?P<agent>[^"]*)"'
 )
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_FAILED_STATUS = re.compile(r'" (5\d\d|40[02-35-9]|4[1-9]\d) ')
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -498,6 +499,31 @@ class Sample:
         return [r for r in self.registries if r.role.startswith("target")]
 
 
+def keep_failure(
+    sample: Sample, log: Path, since: int, marks: list[tuple[str, Registry, int, float]]
+) -> str:
+    """Copy what a failed pass left in the logs (which live on tmpfs and go with the run)
+    to ``bench/out``: the tool's output, and every registry line of the pass that is an
+    error or an answer >= 400. Returns the copy's path."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    keep = OUT_DIR / f"failed-{sample.tool}-{sample.scenario}-{sample.rep}-{stamp}.log"
+    parts = []
+    with log.open("rb") as f:
+        f.seek(since)
+        parts.append(f"== {sample.tool} output ==\n" + f.read().decode(errors="replace"))
+    for role, reg, mark, _ in marks:
+        with (reg.workdir / "registry.log").open("rb") as f:
+            f.seek(mark)
+            lines = f.read().decode(errors="replace").splitlines()
+        # 404s are answers (blob and tag probes), 401s the start of every token exchange.
+        bad = [ln for ln in lines if "level=error" in ln or _FAILED_STATUS.search(ln)]
+        parts.append(f"== {role} registry: {len(bad)} error lines ==\n" + "\n".join(bad[-200:]))
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    keep.write_text("\n".join(parts) + "\n")
+    print(f"  kept the failed pass's logs: {keep}", file=sys.stderr)
+    return str(keep)
+
+
 def measure(
     tool: Tool,
     scenario: str,
@@ -510,6 +536,7 @@ def measure(
 ) -> Sample:
     regs = [("source", src)] + [(f"target{i}", t) for i, t in enumerate(targets)]
     marks = [(role, r, r.log_mark(), registry_cpu(r)) for role, r in regs]
+    tool_mark = tool.log.stat().st_size if tool.log.exists() else 0
     proc = tool.sync(src, targets, repos, immutable=immutable)
     time.sleep(0.3)  # the registry logs a request just after answering it
     stats = [
@@ -517,6 +544,8 @@ def measure(
         for role, r, mark, cpu0 in marks
     ]
     sample = Sample(tool.name, scenario, rep, proc, stats)
+    if proc.failures:
+        sample.note = keep_failure(sample, tool.log, tool_mark, marks)
     _progress(sample)
     return sample
 
