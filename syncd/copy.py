@@ -19,10 +19,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
 from syncd.errors import (
@@ -37,6 +37,7 @@ from syncd.registry.client import ManifestInfo
 from syncd.rules import backup_tag, platform_selected
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Manifests remembered per process: content-addressed, so never stale; the daemon keeps
 # them across passes, which is what makes no-op passes cheap.
@@ -51,6 +52,16 @@ class TargetSpec:
     tag: str | None
     overwrite: bool = True
     backup: str | None = None
+
+
+async def _all(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """Await every one side by side, then raise the first error, if any: unlike a plain
+    gather, nothing is left running unobserved after a failure."""
+    got = await asyncio.gather(*aws, return_exceptions=True)
+    for g in got:
+        if isinstance(g, BaseException):
+            raise g
+    return cast(list[T], got)
 
 
 class Lookahead:
@@ -231,16 +242,7 @@ class CopyEngine:
 
     async def children(self, source: Endpoint, m: Manifest) -> list[Manifest]:
         # Fetched side by side: an index's children are otherwise one round trip each.
-        # All are awaited before the first error is raised, so none is left running.
-        got = await asyncio.gather(
-            *(self.manifest(source, c.digest) for c in m.children), return_exceptions=True
-        )
-        out: list[Manifest] = []
-        for g in got:
-            if isinstance(g, BaseException):
-                raise g
-            out.append(g)
-        return out
+        return await _all([self.manifest(source, c.digest) for c in m.children])
 
     # -- one image -------------------------------------------------------------------------
     def look_ahead(self, specs: Sequence[TargetSpec]) -> Lookahead:
@@ -455,14 +457,9 @@ class CopyEngine:
             return
         # The children (one per platform) go side by side, each complete before its own
         # manifest is pushed; blobs they share are still transferred once (BlobMover).
-        # All finish before an error (a source failure) is raised: none runs unobserved.
-        done = await asyncio.gather(
-            *(self._push_child(source, targets, d.digest, counts, failures) for d in m.children),
-            return_exceptions=True,
+        await _all(
+            [self._push_child(source, targets, d.digest, counts, failures) for d in m.children]
         )
-        for err in done:
-            if isinstance(err, BaseException):
-                raise err
 
     async def _push_child(
         self,
