@@ -171,7 +171,7 @@ class CopyEngine:
             shared = await asyncio.shield(pending)
             if shared is not None:
                 return shared
-            return await endpoint.client.manifest_get(endpoint.repository, digest)
+            return await self.manifest(endpoint, digest)
         fut: asyncio.Future[Manifest | None] = asyncio.get_running_loop().create_future()
         self._fetching[digest] = fut
         m: Manifest | None = None
