@@ -12,8 +12,8 @@ import json
 import logging
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -261,30 +261,29 @@ class Transport:
         """``GET /v2/`` with retries; a 401 teaches the authenticator its challenge."""
         url = self.base_url + "/v2/"
         async for attempt in self._retrying(attempts):
-            with attempt:
-                async with self._map_errors("GET", url, ""):
-                    start = time.monotonic()
-                    async with self.session.get(url, ssl=self._ssl_arg) as resp:
-                        await resp.content.read(MAX_ERROR_BODY)
-                        self._count("GET", resp.status, start)
-                        if resp.status == 401:
-                            self.auth.learn(resp.headers.get("WWW-Authenticate"))
-                        elif resp.status >= 500 or resp.status == 429:
-                            raise ServerError(
-                                f"/v2/ answered {resp.status}",
-                                registry=self.name,
-                                method="GET",
-                                url=redact_url(url),
-                                status=resp.status,
-                            )
-                        elif resp.status == 404:
-                            raise ClientRequestError(
-                                "not a registry: /v2/ answered 404 (check the url)",
-                                registry=self.name,
-                                method="GET",
-                                url=redact_url(url),
-                                status=404,
-                            )
+            with attempt, self._map_errors("GET", url, ""):
+                start = time.monotonic()
+                async with self.session.get(url, ssl=self._ssl_arg) as resp:
+                    await resp.content.read(MAX_ERROR_BODY)
+                    self._count("GET", resp.status, start)
+                    if resp.status == 401:
+                        self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                    elif resp.status >= 500 or resp.status == 429:
+                        raise ServerError(
+                            f"/v2/ answered {resp.status}",
+                            registry=self.name,
+                            method="GET",
+                            url=redact_url(url),
+                            status=resp.status,
+                        )
+                    elif resp.status == 404:
+                        raise ClientRequestError(
+                            "not a registry: /v2/ answered 404 (check the url)",
+                            registry=self.name,
+                            method="GET",
+                            url=redact_url(url),
+                            status=404,
+                        )
 
     @property
     def _ssl_arg(self) -> Any:
@@ -368,13 +367,13 @@ class Transport:
             headers = dict(req.headers)
             if same_host and self.auth.challenge is not None:
                 # Authorization goes only to the registry itself, never to a redirect host.
-                async with self._map_errors(req.method, url, req.repository):
+                with self._map_errors(req.method, url, req.repository):
                     headers.update(
                         await self.auth.header(self.session, req.scopes, ssl=self._ssl_arg)
                     )
             body: Any = req.body() if callable(req.body) else req.body
             start = time.monotonic()
-            try:
+            with self._map_errors(req.method, url, req.repository):
                 resp = await self.session.request(
                     req.method,
                     url,
@@ -385,9 +384,6 @@ class Transport:
                     timeout=req.timeout or aiohttp.helpers.sentinel,
                     allow_redirects=req.method in ("GET", "HEAD"),
                 )
-            except (aiohttp.ClientError, TimeoutError) as e:
-                self._count(req.method, "error", start)
-                raise self._network_error(e, req.method, url, req.repository) from None
             try:
                 self._count(req.method, resp.status, start)
                 self._note_quota(resp.headers)
@@ -532,8 +528,10 @@ class Transport:
             )
         return NetworkError(f"connection to {self.host} failed: {type(e).__name__}: {e}", **where)  # type: ignore[arg-type]
 
-    @asynccontextmanager
-    async def _map_errors(self, method: str, url: str, repository: str) -> AsyncIterator[None]:
+    @contextmanager
+    def _map_errors(self, method: str, url: str, repository: str) -> Iterator[None]:
+        """aiohttp's connection errors as a counted ``NetworkError`` (a plain ``with``: it
+        sits on every request's path, and an async generator costs several times more)."""
         start = time.monotonic()
         try:
             yield
