@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.errors import (
     ClientRequestError,
@@ -30,8 +30,10 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.manifest import Descriptor
-from syncd.metrics import Metrics
 from syncd.registry.client import RegistryClient
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

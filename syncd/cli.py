@@ -21,7 +21,6 @@ from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import configure
-from syncd.metrics import Metrics
 from syncd.sync import PlanEntry, RulePassResult, open_syncer
 
 log = logging.getLogger("syncd")
@@ -109,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "run":
         from syncd.daemon.lifecycle import serve
+        from syncd.metrics import Metrics
 
         metrics = Metrics()
         try:
@@ -207,11 +207,16 @@ class _Progress:
 
 
 async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> int:
-    metrics = Metrics()
+    # Without --listen nothing would ever read the metrics: a one-shot pass in CI then
+    # skips prometheus_client's import and the bookkeeping of every request.
+    metrics = None
     server = None
     if listen:
         from syncd.daemon.lifecycle import parse_listen
+        from syncd.metrics import Metrics
         from syncd.server import HttpServer
+
+        metrics = Metrics()
 
         try:
             host, port = parse_listen(listen)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
 from syncd.errors import (
@@ -32,9 +32,11 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.manifest import Descriptor, Manifest, Platform, parse_manifest
-from syncd.metrics import Metrics
 from syncd.registry.client import ManifestInfo
 from syncd.rules import backup_tag, platform_selected
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

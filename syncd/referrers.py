@@ -29,14 +29,13 @@ import re
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
 from syncd.manifest import INDEX_TYPES, OCI_INDEX, Manifest, parse_manifest
-from syncd.metrics import Metrics
 from syncd.registry.client import ManifestInfo
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,9 @@ COSIGN_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("att", COSIGN_ATT_TYPE),
     ("sbom", COSIGN_SBOM_TYPE),
 )
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
 
 # Artifact types that make an image "signed" for ``require_signature``.
 SIGNATURE_TYPES = frozenset(

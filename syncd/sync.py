@@ -12,13 +12,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, failure_reason
 from syncd.manifest import Descriptor
-from syncd.metrics import Metrics
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
@@ -30,6 +30,9 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

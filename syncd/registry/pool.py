@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from syncd import USER_AGENT
 from syncd.config.schema import RegistryConfig
-from syncd.metrics import Metrics
 from syncd.registry.auth import Authenticator, is_loopback
 from syncd.registry.client import RegistryClient
 from syncd.registry.credentials import credential_source
 from syncd.registry.tls import ssl_context
 from syncd.registry.transport import Transport
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

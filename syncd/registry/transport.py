@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -41,9 +41,11 @@ from syncd.errors import (
     SyncdError,
     TLSError,
 )
-from syncd.metrics import Metrics
 from syncd.registry.auth import Authenticator, parse_challenge
 from syncd.registry.bodies import read_capped
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
