@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ T = TypeVar("T")
 # Manifests remembered per process: content-addressed, so never stale; the daemon keeps
 # them across passes, which is what makes no-op passes cheap.
 MAX_MANIFESTS = 8_192
+# Target tags remembered for ``target_recheck`` (a few hundred bytes each).
+MAX_VERIFIED = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class TargetSpec:
     tag: str | None
     overwrite: bool = True
     backup: str | None = None
+    # ``target_recheck`` seconds: how long a tag this process pushed or found at the
+    # source's digest is taken as still there without a HEAD (0: HEAD every time).
+    recheck: float = 0.0
 
 
 async def _all(aws: Sequence[Awaitable[T]]) -> list[T]:
@@ -157,6 +163,9 @@ class CopyEngine:
         # (target registry, repository, tag, digest) -> the copy under way; its result is
         # the error it ended with, or None
         self._tags_inflight: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
+        # (target registry, repository, tag) -> (digest, until when it is trusted): only
+        # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
+        self._verified: LRU = LRU(MAX_VERIFIED)
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
@@ -259,9 +268,34 @@ class CopyEngine:
                     spec.endpoint.client.manifest_head(spec.endpoint.repository, spec.tag)
                 )
                 for spec in specs
-                if spec.tag
+                if spec.tag and self._trusted(spec) is None
             }
         )
+
+    # -- what a target tag was last seen at (``target_recheck``) ---------------------------
+    def _trusted(self, spec: TargetSpec) -> str | None:
+        """The digest ``spec``'s tag is taken to hold without asking, if any."""
+        if spec.recheck <= 0 or not spec.tag:
+            return None
+        t = spec.endpoint
+        entry = self._verified.get((t.client.name, t.repository, spec.tag))
+        if entry is None or time.monotonic() >= entry[1]:
+            return None
+        return entry[0]  # type: ignore[no-any-return]
+
+    def _verified_at(self, spec: TargetSpec, digest: str) -> None:
+        if spec.recheck <= 0 or not spec.tag:
+            return
+        t = spec.endpoint
+        # Spread over the second half of the window: tags first seen in one pass are
+        # then not all asked again in one later pass.
+        until = time.monotonic() + spec.recheck * random.uniform(0.5, 1.0)
+        self._verified.remember((t.client.name, t.repository, spec.tag), (digest, until))
+
+    def _distrust(self, spec: TargetSpec) -> None:
+        if spec.tag:
+            t = spec.endpoint
+            self._verified.pop((t.client.name, t.repository, spec.tag), None)
 
     async def copy_image(
         self,
@@ -398,6 +432,8 @@ class CopyEngine:
                 raise err
             if isinstance(err, BaseException):
                 failures[spec.endpoint] = err
+            elif m is not None:
+                self._verified_at(spec, m.digest)
         return counts, time.monotonic() - start
 
     async def _check_target(
@@ -405,13 +441,17 @@ class CopyEngine:
     ) -> bool:
         """True if the target needs the image; raises if policy forbids the move."""
         t = spec.endpoint
+        if self._trusted(spec) == digest:
+            return False
         early = looked.take(t) if looked else None
         if early is not None:
             current = await early
         else:
             current = await t.client.manifest_head(t.repository, spec.tag or digest)
         if current is not None and current.digest == digest:
+            self._verified_at(spec, digest)
             return False
+        self._distrust(spec)
         if current is not None and spec.tag:
             if not spec.overwrite:
                 raise OverwriteRefusedError(f"{t}:{spec.tag}", current.digest, digest)

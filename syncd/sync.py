@@ -361,6 +361,7 @@ class Syncer:
                 job.tag,
                 overwrite=rule.overwrite,
                 backup=rule.backup,
+                recheck=rule.target_recheck,
             )
             for name, trepo in job.targets
         ]

@@ -316,6 +316,12 @@ def _v_duration(value: Any) -> float:
         raise
 
 
+def _v_duration_or_zero(value: Any) -> float:
+    if value in ("0", "0s") or (type(value) in (int, float) and value == 0):
+        return 0.0
+    return _v_duration(value)
+
+
 def _v_cron(value: str) -> str:
     # Imported here: only configs with a `schedule:` pay for the import at start-up.
     from croniter import croniter
@@ -433,6 +439,8 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 Regex = Annotated[str, AfterValidator(_v_regex)]
 RegexList = Annotated[list[Regex], BeforeValidator(_one_or_many)]
 Duration = Annotated[float, BeforeValidator(_v_duration)]
+# A duration where 0 means "off" (a rule can switch off a default that way).
+DurationOrZero = Annotated[float, BeforeValidator(_v_duration_or_zero)]
 Cron = Annotated[str, AfterValidator(_v_cron)]
 Count = Annotated[int, Field(ge=1)]
 
@@ -465,6 +473,7 @@ class DefaultsModel(_Model):
     schedule: Cron | None = None
     retries: Count | None = None
     concurrency: Count | None = None
+    target_recheck: DurationOrZero | None = None
 
 
 class TagsModel(_Model):
@@ -510,6 +519,7 @@ class RuleModel(_Model):
     schedule: Cron | None = None
     retries: Count | None = None
     concurrency: Count | None = None
+    target_recheck: DurationOrZero | None = None
 
     @field_validator("name")
     @classmethod
@@ -965,6 +975,9 @@ def _rule(r: RuleModel, d: DefaultsModel) -> RuleConfig:
         retries=r.retries if r.retries is not None else d.retries or DEFAULT_RETRIES,
         concurrency=(
             r.concurrency if r.concurrency is not None else d.concurrency or DEFAULT_CONCURRENCY
+        ),
+        target_recheck=(
+            r.target_recheck if r.target_recheck is not None else d.target_recheck or 0.0
         ),
     )
 

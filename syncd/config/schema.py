@@ -81,6 +81,8 @@ class RuleConfig:
     schedule: str | None = None
     retries: int = DEFAULT_RETRIES
     concurrency: int = DEFAULT_CONCURRENCY
+    # Seconds a target tag the daemon pushed or checked is trusted without a HEAD; 0: never.
+    target_recheck: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

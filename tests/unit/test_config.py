@@ -228,6 +228,20 @@ def test_defaults_merge_into_rules(
 
 
 @pytest.mark.parametrize(
+    ("defaults", "rule", "seconds"),
+    [
+        ("", "", 0.0),
+        ("", "    target_recheck: 10m\n", 600.0),
+        ("defaults: {target_recheck: 15m}\n", "", 900.0),
+        ("defaults: {target_recheck: 15m}\n", "    target_recheck: 0\n", 0.0),
+        ("defaults: {target_recheck: 15m}\n", "    target_recheck: '0s'\n", 0.0),
+    ],
+)
+def test_target_recheck(defaults: str, rule: str, seconds: float) -> None:
+    assert load(defaults + BASE + rule).rules[0].target_recheck == seconds
+
+
+@pytest.mark.parametrize(
     ("text", "seconds"),
     [
         (30, 30.0),
@@ -652,6 +666,11 @@ CASES: list[tuple[str, str, list[tuple[int, int, str, str]]]] = [
         "bad-referrers-types",
         BASE + "    referrers_types: [application/spdx+json, sbom]\n",
         [(11, 46, "rules[0].referrers_types[1]", "invalid artifact type 'sbom'")],
+    ),
+    (
+        "bad-target-recheck",
+        BASE + "    target_recheck: -5m\n",
+        [(11, 21, "rules[0].target_recheck", "invalid duration '-5m'")],
     ),
     (
         "recursive-alias",
