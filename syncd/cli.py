@@ -233,7 +233,9 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
     total = RulePassResult("*")
     progress = _Progress()
     try:
-        async with open_syncer(config, metrics, track_target_bytes=server is not None) as syncer:
+        async with open_syncer(
+            config, metrics, track_target_bytes=server is not None, probe_up_to_date=False
+        ) as syncer:
             syncer.progress = progress.tick
             for rule in rules:
                 total.add(await syncer.run_rule(rule))
@@ -307,7 +309,9 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
 
 async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
     total = RulePassResult("*")
-    async with open_syncer(config, None, track_target_bytes=False) as syncer:
+    async with open_syncer(
+        config, None, track_target_bytes=False, probe_up_to_date=False
+    ) as syncer:
         for rule in rules:
             total.add(await syncer.run_rule(rule, dry_run=True))
     doc = _plan_json(total.plan)

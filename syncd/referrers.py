@@ -159,9 +159,17 @@ class Carried:
 class ReferrerSync:
     """Carries referrers for one ``Syncer``; remembers which registries have the API."""
 
-    def __init__(self, engine: CopyEngine, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: CopyEngine, metrics: Metrics | None = None, *, probe_up_to_date: bool = True
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        # Whether an image found up to date may make the registry's API probe. A one-shot
+        # pass says no: with nothing to copy it then makes exactly one HEAD per tag per
+        # registry (issue 9's no-op budget); referrer tags are still found in the tag list.
+        # A daemon says yes: one request per process, and it then also finds referrers
+        # attached through the API to images it copied on earlier passes.
+        self.probe_up_to_date = probe_up_to_date
         # registry name -> whether it answers the referrers API
         self._api: dict[str, bool] = {}
         self._probe = asyncio.Lock()
@@ -187,6 +195,10 @@ class ReferrerSync:
     def for_job(self, rule: RuleConfig, source: Endpoint, tags: Collection[str]) -> SourceReferrers:
         """A view of one source repository for one job (one tag), with its own memo."""
         return SourceReferrers(self, rule, source, tags)
+
+    def known_api(self, endpoint: Endpoint) -> bool | None:
+        """Whether the registry has the referrers API, if this process has asked yet."""
+        return self._api.get(endpoint.client.name)
 
     async def has_api(self, endpoint: Endpoint, digest: str) -> tuple[bool, Manifest | None]:
         """Whether the registry has the referrers API, asked once per registry.
@@ -231,6 +243,9 @@ class SourceReferrers:
         # The answer of the once-per-registry API probe, when this job made it.
         self._probed: dict[str, Manifest] = {}
         self._resolve_error: SyncdError | None = None
+        # False while carrying for an image found up to date by a one-shot pass: the API is
+        # then used only if this process already knows the registry has it.
+        self._may_probe = True
 
     @property
     def active(self) -> bool:
@@ -350,6 +365,8 @@ class SourceReferrers:
         )
 
     async def _source_api(self, digest: str) -> bool:
+        if not self._may_probe:
+            return self.sync.known_api(self.source) is True
         api, index = await self.sync.has_api(self.source, digest)
         if index is not None:
             self._probed[digest] = index
@@ -455,6 +472,8 @@ class SourceReferrers:
         ]
         if not live:
             return carried
+        if not self.sync.probe_up_to_date:
+            self._may_probe = any(o.action in ("copied", "copy") for o in image.outcomes)
         try:
             subjects = await self.subjects(head, image)
             referrers, indexes = await self.tree(subjects) if subjects else ([], {})

@@ -113,13 +113,14 @@ class Syncer:
         metrics: Metrics | None = None,
         *,
         track_target_bytes: bool = True,
+        probe_up_to_date: bool = True,
     ) -> None:
         self.config = config
         self.pool = pool
         self.engine = engine
         self.metrics = metrics
         self.track_target_bytes = track_target_bytes
-        self.referrers = ReferrerSync(engine, metrics)
+        self.referrers = ReferrerSync(engine, metrics, probe_up_to_date=probe_up_to_date)
         # (target, repository) -> (rule, tag) -> {blob digest: size}; for syncd_target_bytes
         self._kept: dict[tuple[str, str], dict[tuple[str, str], dict[str, int]]] = {}
         # Called after each image of a pass (the CLI's progress display).
@@ -573,10 +574,23 @@ def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
 
 @asynccontextmanager
 async def open_syncer(
-    config: Config, metrics: Metrics | None = None, *, track_target_bytes: bool = True
+    config: Config,
+    metrics: Metrics | None = None,
+    *,
+    track_target_bytes: bool = True,
+    probe_up_to_date: bool = True,
 ) -> AsyncIterator[Syncer]:
-    """A Syncer with one HTTP session per registry, closed on exit."""
+    """A Syncer with one HTTP session per registry, closed on exit.
+
+    ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
+    the once-per-registry referrers-API probe; see ``ReferrerSync``.
+    """
     async with ClientPool(config.registries, metrics=metrics) as pool:
         yield Syncer(
-            config, pool, CopyEngine(metrics), metrics, track_target_bytes=track_target_bytes
+            config,
+            pool,
+            CopyEngine(metrics),
+            metrics,
+            track_target_bytes=track_target_bytes,
+            probe_up_to_date=probe_up_to_date,
         )

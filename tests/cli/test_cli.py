@@ -81,6 +81,21 @@ def test_once_syncs_and_prints_summary(seeded: Registry, target: Registry, tmp_p
     assert "summary: images synced=0 skipped=2 failed=0" in r.stdout
 
 
+def test_a_second_once_makes_one_head_per_tag_per_registry(
+    seeded: Registry, target: Registry, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path / "c.yaml", seeded, [target], repositories=["team-a/*", "team-b/*"])
+    assert run("-c", str(cfg), "once").returncode == 0
+    smark, tmark = seeded.log_mark(), target.log_mark()
+    r = run("-c", str(cfg), "once")
+    assert r.returncode == 0 and "skipped=4" in r.stdout, r.stdout + r.stderr
+    # 4 tags in 2 repositories (team-* matched through the catalog), and the /v2/ version
+    # check each process starts with; nothing else, referrers included.
+    s, t = seeded.counts(smark, "syncd/"), target.counts(tmark, "syncd/")
+    assert s == {"ping": 1, "catalog": 1, "tags_list": 2, "manifest_head": 4}, s
+    assert t == {"ping": 1, "manifest_head": 4}, t
+
+
 def test_once_rule_flag_and_target_prefix(
     seeded: Registry, target: Registry, tmp_path: Path
 ) -> None:

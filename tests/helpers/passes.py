@@ -46,10 +46,16 @@ async def sync(
     *,
     dry_run: bool = False,
     track: bool = False,
+    probe_up_to_date: bool = True,
 ) -> RulePassResult:
-    """Every rule of ``config`` once, through one Syncer; the results added up."""
+    """Every rule of ``config`` once, through one Syncer; the results added up.
+
+    ``probe_up_to_date=False`` is how ``syncd once`` runs (see ``ReferrerSync``).
+    """
     total = RulePassResult("*")
-    async with open_syncer(config, metrics, track_target_bytes=track) as syncer:
+    async with open_syncer(
+        config, metrics, track_target_bytes=track, probe_up_to_date=probe_up_to_date
+    ) as syncer:
         for rule in config.rules:
             total.add(await syncer.run_rule(rule, dry_run=dry_run))
     return total
