@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +110,10 @@ class BlobMover:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         # (target registry, digest) -> future of an upload under way somewhere in it
         self._uploading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        # Asked, when a blob is missing from a repository and nothing is known of it, for
+        # another repository of that registry that has it (the copy engine looks through
+        # images it found up to date there: see CopyEngine._locate).
+        self.locate: Callable[[Endpoint, str], Awaitable[str | None]] | None = None
 
     async def ensure_blob(
         self,
@@ -185,6 +189,14 @@ class BlobMover:
             except SyncdError as e:
                 failures.setdefault(t, e)
 
+    def hint(self, registry: str, digest: str, repository: str) -> None:
+        """``repository`` at ``registry`` holds ``digest`` (unless something better is known)."""
+        if (registry, digest) not in self._locations:
+            self._locations.remember((registry, digest), repository)
+
+    def location(self, registry: str, digest: str) -> str | None:
+        return self._locations.get((registry, digest))
+
     def _remember(self, t: Endpoint, digest: str) -> None:
         self._locations.remember((t.client.name, digest), t.repository)
         self._present.remember((t.client.name, t.repository, digest), time.monotonic())
@@ -221,23 +233,42 @@ class BlobMover:
         if known and known != t.repository:
             # A mount answers 201 whether it links the blob or the repository already had
             # it, so it stands in for the HEAD: one request instead of two.
-            location = await t.client.blob_mount(t.repository, blob.digest, known)
+            location = await self._mount(t, blob, counts, known)
             if location is None:
-                self._remember(t, blob.digest)
-                counts.mounted += 1
-                if self.metrics:
-                    self.metrics.blobs_mounted.labels(target=t.client.name).inc()
                 return None
-            # Declined (the source repository lost it, or no pull right there): forget it.
-            self._locations.pop(reg_key, None)
         if await t.client.blob_head(t.repository, blob.digest) is not None:
             if location is not None:
                 with contextlib.suppress(SyncdError):
                     await t.client.upload_cancel(t.repository, location)
             self._skipped(t, blob, counts)
             return None
+        if location is None and self.locate is not None:
+            # Missing here, and this process has not seen it in another repository of the
+            # registry: one that holds an image found up to date may have it (a base layer
+            # shared across repositories, in a fresh `once`). A declined mount opens the
+            # upload session the blob needs anyway, so a wrong guess costs no request.
+            elsewhere = await self.locate(t, blob.digest)
+            if elsewhere and elsewhere != t.repository:
+                location = await self._mount(t, blob, counts, elsewhere)
+                if location is None:
+                    return None
         if location is None:
             location = await t.client.upload_start(t.repository)
+        return location
+
+    async def _mount(
+        self, t: Endpoint, blob: Descriptor, counts: BlobCounts, from_repository: str
+    ) -> str | None:
+        """None once mounted; else the upload session the registry opened instead."""
+        location = await t.client.blob_mount(t.repository, blob.digest, from_repository)
+        if location is None:
+            self._remember(t, blob.digest)
+            counts.mounted += 1
+            if self.metrics:
+                self.metrics.blobs_mounted.labels(target=t.client.name).inc()
+            return None
+        # Declined (the other repository lost it, or no pull right there): forget it.
+        self._locations.pop((t.client.name, blob.digest), None)
         return location
 
     def _skipped(self, t: Endpoint, blob: Descriptor, counts: BlobCounts) -> None:

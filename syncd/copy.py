@@ -47,6 +47,11 @@ T = TypeVar("T")
 MAX_MANIFESTS = 8_192
 # Target tags remembered for ``target_recheck`` (a few hundred bytes each).
 MAX_VERIFIED = 200_000
+# Images found up to date, one per target repository, kept per target registry: where to
+# look for a blob missing elsewhere in that registry (``CopyEngine._locate``).
+MAX_PRESENT_IMAGES = 4_096
+# How many of them one lookup may read (a manifest GET each, plus an index's children).
+LOCATE_BATCH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,12 @@ class CopyEngine:
         # (target registry, repository, tag) -> (digest, until when it is trusted): only
         # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
         self._verified: LRU = LRU(MAX_VERIFIED)
+        # target registry -> target repository -> (source endpoint, digest) of an image
+        # found up to date there; and the (registry, digest) already read for blobs
+        self._present_images: dict[str, LRU] = {}
+        self._located: LRU = LRU(MAX_MANIFESTS)
+        self._locating: dict[str, asyncio.Lock] = {}
+        self.blobs.locate = self._locate
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
@@ -272,6 +283,47 @@ class CopyEngine:
             }
         )
 
+    # -- where else a blob may be at a target ----------------------------------------------
+    async def _locate(self, t: Endpoint, digest: str) -> str | None:
+        """Another repository of ``t``'s registry that holds ``digest``, if one is found.
+
+        Asked by the blob mover for a blob missing from ``t`` that this process has not
+        seen anywhere in the registry. The candidates are images found up to date there
+        (their blobs are all present with them): up to ``LOCATE_BATCH`` not yet read are
+        read now, from the source (one manifest GET each, cached by digest), and their
+        blobs remembered as located there. This is what lets a fresh ``once`` mount a base
+        layer that an earlier run stored under another repository. Best effort: a source
+        that fails to answer only means no hint.
+        """
+        registry = t.client.name
+        images = self._present_images.get(registry)
+        if not images:
+            return None
+        async with self._locating.setdefault(registry, asyncio.Lock()):
+            found = self.blobs.location(registry, digest)
+            if found:
+                return found
+            todo = [
+                (repo, source, d)
+                for repo, (source, d) in reversed(images.items())
+                if repo != t.repository and (registry, d) not in self._located
+            ][:LOCATE_BATCH]
+            for _, _, d in todo:
+                self._located.remember((registry, d), True)
+            await asyncio.gather(*(self._note_blobs(registry, *item) for item in todo))
+            return self.blobs.location(registry, digest)
+
+    async def _note_blobs(
+        self, registry: str, repository: str, source: Endpoint, digest: str
+    ) -> None:
+        try:
+            m = await self.manifest(source, digest)
+            for image in await self.children(source, m) if m.is_index else [m]:
+                for b in image.blobs:
+                    self.blobs.hint(registry, b.digest, repository)
+        except SyncdError as e:
+            log.debug("could not read %s@%s for blob locations: %s", source, digest, e)
+
     # -- what a target tag was last seen at (``target_recheck``) ---------------------------
     def _trusted(self, spec: TargetSpec) -> str | None:
         """The digest ``spec``'s tag is taken to hold without asking, if any."""
@@ -307,10 +359,13 @@ class CopyEngine:
         source_digest: str | None = None,
         dry_run: bool = False,
         looked: Lookahead | None = None,
+        artifact: bool = False,
     ) -> ImageResult:
         """Bring every target to the source's digest for ``reference``.
 
         Failures are recorded per target in the result; this only raises on cancellation.
+        ``artifact``: a referrer (signature, SBOM), not an image whose layers other
+        repositories may share (see ``_locate``).
         """
         result = ImageResult(source=str(source), reference=reference)
         try:
@@ -346,6 +401,9 @@ class CopyEngine:
             elif head:
                 outcome.action = "copy" if dry_run else "copying"
                 todo.append(spec)
+            elif not artifact and result.digest == source_digest:  # (filtered: not at source)
+                images = self._present_images.setdefault(t.client.name, LRU(MAX_PRESENT_IMAGES))
+                images.remember(t.repository, (source, source_digest))
         if dry_run or not todo:
             return result
         # One copy of a tag at a time per target: a rule running alongside another that

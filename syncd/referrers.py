@@ -506,6 +506,7 @@ class SourceReferrers:
                 [TargetSpec(t, r.tag or None) for t in need],
                 source_digest=r.digest,
                 dry_run=dry_run,
+                artifact=True,
             )
             if result.error is not None:
                 for t in need:

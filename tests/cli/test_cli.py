@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.images import image, multiarch, push
+from tests.helpers.images import image, layer, multiarch, push
 from tests.helpers.registry import Registry, free_port, manifest_raw, tags
 
 
@@ -94,6 +94,30 @@ def test_a_second_once_makes_one_head_per_tag_per_registry(
     s, t = seeded.counts(smark, "syncd/"), target.counts(tmark, "syncd/")
     assert s == {"ping": 1, "catalog": 1, "tags_list": 2, "manifest_head": 4}, s
     assert t == {"ping": 1, "manifest_head": 4}, t
+
+
+def test_a_later_once_mounts_a_layer_an_earlier_one_stored_elsewhere(
+    source: Registry, target: Registry, tmp_path: Path
+) -> None:
+    base = [layer("cli-mount-base", 50_000)]
+    first, second = image("cli-m1", layers=1, shared=base), image("cli-m2", layers=1, shared=base)
+    push(source.url, "mnt/one", "v1", first)
+    cfg = write_config(tmp_path / "c.yaml", source, [target], repositories=["mnt/*"])
+    assert run("-c", str(cfg), "once").returncode == 0
+    push(source.url, "mnt/two", "v1", second)
+    mark = target.log_mark()
+    r = run("-c", str(cfg), "once")
+    assert r.returncode == 0 and "synced=1" in r.stdout, r.stdout + r.stderr
+    # A new process knows nothing of the first run; mnt/one, found up to date, says where
+    # the base layer is. Its own layer and config are uploaded (3 requests each).
+    accesses = target.accesses(mark, "syncd/")
+    mounts = [a for a in accesses if a.kind == "mount"]
+    assert [(a.status, "from=mnt/one" in a.path, base[0].digest in a.path) for a in mounts] == [
+        (201, True, True)
+    ]
+    uploads = [a.path for a in accesses if a.kind == "upload_put"]
+    assert len(uploads) == 2 and not any(base[0].digest in u for u in uploads)
+    assert manifest_raw(target.url, "mnt/two", "v1") == second.raw
 
 
 def test_once_rule_flag_and_target_prefix(
