@@ -30,6 +30,7 @@ from syncd.errors import (
     ManifestInvalidError,
     NotFoundError,
     OverwriteRefusedError,
+    ServerError,
     SyncdError,
 )
 from syncd.manifest import Descriptor, Manifest, Platform, parse_manifest
@@ -502,10 +503,26 @@ class CopyEngine:
         if self._trusted(spec) == digest:
             return False
         early = looked.take(t) if looked else None
-        if early is not None:
-            current = await early
-        else:
-            current = await t.client.manifest_head(t.repository, spec.tag or digest)
+        try:
+            if early is not None:
+                current = await early
+            else:
+                current = await t.client.manifest_head(t.repository, spec.tag or digest)
+        except ServerError as e:
+            # A registry killed while writing a tag can leave the tag's link empty: it then
+            # answers 5xx for that tag, every time, and only a new PUT of the tag mends it.
+            # When the policy needs no look at what the tag held, push over it.
+            if not (spec.tag and spec.overwrite and not spec.backup):
+                raise
+            log.warning(
+                "%s:%s cannot be read (%s): pushing it again",
+                t,
+                spec.tag,
+                e,
+                extra={"target": t.client.name, "repository": t.repository, "event": "repush"},
+            )
+            self._distrust(spec)
+            return True
         if current is not None and current.digest == digest:
             self._verified_at(spec, digest)
             return False

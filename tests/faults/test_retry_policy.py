@@ -6,6 +6,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,37 @@ async def test_an_unreachable_target_fails_the_pass_after_one_round_of_retries(
     errors = metrics.registry_requests.labels(registry="t0", method="GET", code="error")
     assert errors._value.get() == 5  # one ping, its five attempts (retries: 5)
     print(f"\n12 images to an unreachable target failed in {time.monotonic() - started:.1f}s")
+
+
+def _tag_link(reg: Registry, repo: str, tag: str) -> Path:
+    return (
+        reg.root
+        / "docker/registry/v2/repositories"
+        / repo
+        / "_manifests/tags"
+        / tag
+        / "current/link"
+    )
+
+
+async def test_a_tag_link_emptied_by_a_killed_registry_is_pushed_again(
+    source: Registry, target: Registry
+) -> None:
+    # A target SIGKILLed while writing a tag leaves its link file empty (seen in the
+    # killed-target fault test): every HEAD of that tag then answers 500.
+    img = image("emptied-link")
+    push(source.url, "e/l", "v1", img)
+    cfg = config_for(source.url, [target.url], ["e/l"], retries=2)
+    assert (await sync(cfg)).synced == 1
+    _tag_link(target, "e/l", "v1").write_text("")
+    assert http("HEAD", f"{target.url}/v2/e/l/manifests/v1")[0] == 500
+
+    result = await sync(cfg)
+    assert result.ok and result.synced == 1
+    assert manifest_raw(target.url, "e/l", "v1") == img.raw
+
+    # Where the old manifest matters (a backup of it, or overwrite: false), it fails instead.
+    _tag_link(target, "e/l", "v1").write_text("")
+    guarded = config_for(source.url, [target.url], ["e/l"], retries=2, overwrite=False)
+    result = await sync(guarded)
+    assert result.failed == 1 and "server error 500" in result.failures[0]
