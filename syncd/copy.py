@@ -169,6 +169,11 @@ class CopyEngine:
         # (target registry, repository, tag, digest) -> the copy under way; its result is
         # the error it ended with, or None
         self._tags_inflight: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
+        # (target registry, repository, child digest) -> its push under way; the result is
+        # the error it ended with, or None
+        self._children_inflight: dict[
+            tuple[str, str, str], asyncio.Future[BaseException | None]
+        ] = {}
         # (target registry, repository, tag) -> (digest, until when it is trusted): only
         # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
         self._verified: LRU = LRU(MAX_VERIFIED)
@@ -586,10 +591,51 @@ class CopyEngine:
         counts: dict[Endpoint, BlobCounts],
         failures: dict[Endpoint, BaseException],
     ) -> None:
-        """One child manifest of an index: its tree, then the child itself, by digest."""
-        live = [t for t in targets if t not in failures]
-        if not live:
-            return
+        """One child manifest of an index: its tree, then the child itself, by digest.
+
+        Two tags of one index (``latest`` and its version) push the same children at the
+        same moment. A second PUT of a child rewrites its link file in the registry while
+        the other tag's index PUT is reading it, and distribution 2.8 then refuses that
+        index (DIGEST_INVALID with MANIFEST_BLOB_UNKNOWN: seen in a cold benchmark pass).
+        So there is one push per child and target repository at a time; the other copies
+        wait for it and share its outcome.
+        """
+        mine: list[Endpoint] = []
+        waits: list[tuple[Endpoint, asyncio.Future[BaseException | None]]] = []
+        for t in targets:
+            if t in failures:
+                continue
+            other = self._children_inflight.get((t.client.name, t.repository, digest))
+            if other is not None:
+                waits.append((t, other))
+                continue
+            fut: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+            self._children_inflight[(t.client.name, t.repository, digest)] = fut
+            mine.append(t)
+        aborted: BaseException | None = None
+        try:
+            if mine:
+                await self._push_child_to(source, mine, digest, counts, failures)
+        except BaseException:
+            aborted = SyncdError(f"another copy of child manifest {digest} was interrupted")
+            raise
+        finally:
+            for t in mine:
+                fut = self._children_inflight.pop((t.client.name, t.repository, digest))
+                fut.set_result(failures.get(t) or aborted)
+        for t, other in waits:
+            err = await asyncio.shield(other)
+            if err is not None:
+                failures.setdefault(t, err)
+
+    async def _push_child_to(
+        self,
+        source: Endpoint,
+        live: list[Endpoint],
+        digest: str,
+        counts: dict[Endpoint, BlobCounts],
+        failures: dict[Endpoint, BaseException],
+    ) -> None:
         # A child already in the repository brings its blobs with it.
         heads = await asyncio.gather(
             *(t.client.manifest_head(t.repository, digest) for t in live),

@@ -331,3 +331,25 @@ async def test_tags_sharing_a_manifest_fetch_it_once(source: Registry, target: R
     assert len(gets) == len(set(gets)) == 1 + len(idx.children), gets
     for tag in ("1.0", "latest", "stable"):
         assert_complete(target, "s/m", tag)
+
+
+async def test_two_tags_of_one_index_push_each_child_once(
+    source: Registry, target: Registry
+) -> None:
+    # A second PUT of a child while the other tag's index PUT reads its link made
+    # distribution refuse that index (DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN) in a cold
+    # benchmark pass; children are now pushed once per repository at a time.
+    idx = multiarch("twin", ("linux/amd64", "linux/arm64", "linux/s390x"))
+    for tag in ("1.0", "latest", "stable"):
+        push(source.url, "twin/app", tag, idx)
+    mark = target.log_mark()
+    result = await sync(make_config(source, [target], ["twin/app"]), probe_up_to_date=False)
+    assert result.ok and result.synced == 3
+    child_puts = [
+        a.path
+        for a in target.accesses(mark, UA)
+        if a.kind == "manifest_put" and "/manifests/sha256:" in a.path
+    ]
+    assert sorted(child_puts) == sorted(set(child_puts)) and len(child_puts) == 3
+    for tag in ("1.0", "latest", "stable"):
+        assert manifest_raw(target.url, "twin/app", tag) == idx.raw
