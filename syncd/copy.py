@@ -20,7 +20,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# What a copy waiting on another one gets: the error that one ended with, or None.
+_Outcome = asyncio.Future[BaseException | None]
 
 # Manifests remembered per process: content-addressed, so never stale; the daemon keeps
 # them across passes, which is what makes no-op passes cheap.
@@ -98,6 +101,58 @@ class Lookahead:
         for task in left:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
+
+
+class _OnePerKey:
+    """Work on a key done by one copy at a time; the others wait and share its outcome
+    (the error it ended with, or None)."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, ...], _Outcome] = {}
+
+    def split(
+        self, items: Iterable[tuple[tuple[str, ...], Endpoint, T]]
+    ) -> tuple[list[tuple[tuple[str, ...], Endpoint, T]], dict[Endpoint, _Outcome]]:
+        """Claim each free key for the caller (which must then run ``owning``); for a key
+        already being worked on, the outcome to wait for instead."""
+        mine: list[tuple[tuple[str, ...], Endpoint, T]] = []
+        joined: dict[Endpoint, _Outcome] = {}
+        for key, t, item in items:
+            other = self._running.get(key)
+            if other is not None:
+                joined[t] = other
+                continue
+            self._running[key] = asyncio.get_running_loop().create_future()
+            mine.append((key, t, item))
+        return mine, joined
+
+    @contextmanager
+    def owning(
+        self,
+        claimed: Iterable[tuple[tuple[str, ...], Endpoint, Any]],
+        failures: dict[Endpoint, BaseException],
+        interrupted: str,
+    ) -> Iterator[None]:
+        """Release the claimed keys when the work ends, each with its target's failure."""
+        aborted: BaseException | None = None
+        try:
+            yield
+        except BaseException:
+            aborted = SyncdError(interrupted)
+            raise
+        finally:
+            for key, t, _ in claimed:
+                self._running.pop(key).set_result(failures.get(t) or aborted)
+
+    @staticmethod
+    async def join(
+        joined: dict[Endpoint, _Outcome], failures: dict[Endpoint, BaseException]
+    ) -> None:
+        """Wait for the work other copies are doing; their failures become ours."""
+        for t, outcome in joined.items():
+            err = await asyncio.shield(outcome)
+            if err is not None:
+                failures.setdefault(t, err)
 
 
 @dataclass(slots=True)
@@ -166,14 +221,10 @@ class CopyEngine:
         self.blobs = blobs or BlobMover(metrics)
         self._manifests: LRU = LRU(MAX_MANIFESTS)
         self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
-        # (target registry, repository, tag, digest) -> the copy under way; its result is
-        # the error it ended with, or None
-        self._tags_inflight: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
-        # (target registry, repository, child digest) -> its push under way; the result is
-        # the error it ended with, or None
-        self._children_inflight: dict[
-            tuple[str, str, str], asyncio.Future[BaseException | None]
-        ] = {}
+        # (target registry, repository, tag, digest): the copy of a tag under way
+        self._tag_copies = _OnePerKey()
+        # (target registry, repository, child digest): the push of an index child under way
+        self._child_pushes = _OnePerKey()
         # (target registry, repository, tag) -> (digest, until when it is trusted): only
         # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
         self._verified: LRU = LRU(MAX_VERIFIED)
@@ -414,36 +465,27 @@ class CopyEngine:
             return result
         # One copy of a tag at a time per target: a rule running alongside another that
         # covers the same repository waits for that copy instead of pushing it again.
-        joined: dict[Endpoint, asyncio.Future[BaseException | None]] = {}
-        owned: dict[Endpoint, tuple[tuple[str, str, str, str], asyncio.Future[Any]]] = {}
-        mine: list[TargetSpec] = []
-        for spec in todo:
-            t = spec.endpoint
-            key = (t.client.name, t.repository, spec.tag or result.digest, result.digest)
-            other = self._tags_inflight.get(key)
-            if other is not None:
-                joined[t] = other
-                continue
-            fut: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-            self._tags_inflight[key] = fut
-            owned[t] = (key, fut)
-            mine.append(spec)
+        claimed, joined = self._tag_copies.split(
+            (
+                (
+                    s.endpoint.client.name,
+                    s.endpoint.repository,
+                    s.tag or result.digest,
+                    result.digest,
+                ),
+                s.endpoint,
+                s,
+            )
+            for s in todo
+        )
         failures: dict[Endpoint, BaseException] = {}
-        aborted: BaseException | None = None
-        try:
-            counts, seconds = await self._copy_to(source, result, mine, failures)
-        except BaseException:
-            aborted = SyncdError("another copy of this tag to this target was interrupted")
-            raise
-        finally:
-            for t, (key, fut) in owned.items():
-                self._tags_inflight.pop(key, None)
-                if not fut.done():
-                    fut.set_result(failures.get(t) or aborted)
-        for t, other in joined.items():
-            err = await asyncio.shield(other)
-            if err is not None:
-                failures[t] = err
+        with self._tag_copies.owning(
+            claimed, failures, "another copy of this tag to this target was interrupted"
+        ):
+            counts, seconds = await self._copy_to(
+                source, result, [spec for _, _, spec in claimed], failures
+            )
+        await _OnePerKey.join(joined, failures)
         for outcome, spec in zip(result.outcomes, targets, strict=True):
             if outcome.action != "copying":
                 continue
@@ -600,33 +642,17 @@ class CopyEngine:
         So there is one push per child and target repository at a time; the other copies
         wait for it and share its outcome.
         """
-        mine: list[Endpoint] = []
-        waits: list[tuple[Endpoint, asyncio.Future[BaseException | None]]] = []
-        for t in targets:
-            if t in failures:
-                continue
-            other = self._children_inflight.get((t.client.name, t.repository, digest))
-            if other is not None:
-                waits.append((t, other))
-                continue
-            fut: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-            self._children_inflight[(t.client.name, t.repository, digest)] = fut
-            mine.append(t)
-        aborted: BaseException | None = None
-        try:
-            if mine:
-                await self._push_child_to(source, mine, digest, counts, failures)
-        except BaseException:
-            aborted = SyncdError(f"another copy of child manifest {digest} was interrupted")
-            raise
-        finally:
-            for t in mine:
-                fut = self._children_inflight.pop((t.client.name, t.repository, digest))
-                fut.set_result(failures.get(t) or aborted)
-        for t, other in waits:
-            err = await asyncio.shield(other)
-            if err is not None:
-                failures.setdefault(t, err)
+        claimed, joined = self._child_pushes.split(
+            ((t.client.name, t.repository, digest), t, None) for t in targets if t not in failures
+        )
+        with self._child_pushes.owning(
+            claimed, failures, f"another push of child manifest {digest} was interrupted"
+        ):
+            if claimed:
+                await self._push_child_to(
+                    source, [t for _, t, _ in claimed], digest, counts, failures
+                )
+        await _OnePerKey.join(joined, failures)
 
     async def _push_child_to(
         self,
