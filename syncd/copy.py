@@ -228,8 +228,8 @@ class CopyEngine:
         # (target registry, repository, tag) -> (digest, until when it is trusted): only
         # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
         self._verified: LRU = LRU(MAX_VERIFIED)
-        # target registry -> target repository -> (source endpoint, digest) of an image
-        # found up to date there; and the (registry, digest) already read for blobs
+        # target registry -> target repository -> digest of an image found up to date
+        # there; and the (registry, digest) already read for blobs
         self._present_images: dict[str, LRU] = {}
         self._located: LRU = LRU(MAX_MANIFESTS)
         self._locating: dict[str, asyncio.Lock] = {}
@@ -347,10 +347,11 @@ class CopyEngine:
         Asked by the blob mover for a blob missing from ``t`` that this process has not
         seen anywhere in the registry. The candidates are images found up to date there
         (their blobs are all present with them): up to ``LOCATE_BATCH`` not yet read are
-        read now, from the source (one manifest GET each, cached by digest), and their
-        blobs remembered as located there. This is what lets a fresh ``once`` mount a base
-        layer that an earlier run stored under another repository. Best effort: a source
-        that fails to answer only means no hint.
+        read now, from that registry (one manifest GET each, none when cached by digest:
+        not from the source, whose pulls may be rate-limited), and their blobs remembered
+        as located there. This is what lets a fresh ``once`` mount a base layer that an
+        earlier run stored under another repository. Best effort: a manifest that cannot
+        be read only means no hint.
         """
         registry = t.client.name
         images = self._present_images.get(registry)
@@ -361,25 +362,23 @@ class CopyEngine:
             if found:
                 return found
             todo = [
-                (repo, source, d)
-                for repo, (source, d) in reversed(images.items())
+                (Endpoint(t.client, repo), d)
+                for repo, d in reversed(images.items())
                 if repo != t.repository and (registry, d) not in self._located
             ][:LOCATE_BATCH]
-            for _, _, d in todo:
+            for _, d in todo:
                 self._located.remember((registry, d), True)
-            await asyncio.gather(*(self._note_blobs(registry, *item) for item in todo))
+            await asyncio.gather(*(self._note_blobs(where, d) for where, d in todo))
             return self.blobs.location(registry, digest)
 
-    async def _note_blobs(
-        self, registry: str, repository: str, source: Endpoint, digest: str
-    ) -> None:
+    async def _note_blobs(self, where: Endpoint, digest: str) -> None:
         try:
-            m = await self.manifest(source, digest)
-            for image in await self.children(source, m) if m.is_index else [m]:
+            m = await self.manifest(where, digest)
+            for image in await self.children(where, m) if m.is_index else [m]:
                 for b in image.blobs:
-                    self.blobs.hint(registry, b.digest, repository)
+                    self.blobs.hint(where.client.name, b.digest, where.repository)
         except SyncdError as e:
-            log.debug("could not read %s@%s for blob locations: %s", source, digest, e)
+            log.debug("could not read %s@%s for blob locations: %s", where, digest, e)
 
     # -- what a target tag was last seen at (``target_recheck``) ---------------------------
     def _trusted(self, spec: TargetSpec) -> str | None:
@@ -458,9 +457,9 @@ class CopyEngine:
             elif head:
                 outcome.action = "copy" if dry_run else "copying"
                 todo.append(spec)
-            elif not artifact and result.digest == source_digest:  # (filtered: not at source)
+            elif not artifact:
                 images = self._present_images.setdefault(t.client.name, LRU(MAX_PRESENT_IMAGES))
-                images.remember(t.repository, (source, source_digest))
+                images.remember(t.repository, result.digest)
         if dry_run or not todo:
             return result
         # One copy of a tag at a time per target: a rule running alongside another that
