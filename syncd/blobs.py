@@ -230,7 +230,7 @@ class BlobMover:
                 await asyncio.shield(pending)
         location: str | None = None
         known = self._locations.get(reg_key)
-        if known and known != t.repository:
+        if known and known != t.repository and t.client.can_mount:
             # A mount answers 201 whether it links the blob or the repository already had
             # it, so it stands in for the HEAD: one request instead of two.
             location = await self._mount(t, blob, counts, known)
@@ -242,7 +242,7 @@ class BlobMover:
                     await t.client.upload_cancel(t.repository, location)
             self._skipped(t, blob, counts)
             return None
-        if location is None and self.locate is not None:
+        if location is None and self.locate is not None and t.client.can_mount:
             # Missing here, and this process has not seen it in another repository of the
             # registry: one that holds an image found up to date may have it (a base layer
             # shared across repositories, in a fresh `once`). A declined mount opens the

@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.registry import Registry, RegistryFactory
+from tests.helpers.zuul import ZuulFactory
+
+# Registry implementations a test may run against, by ``indirect`` parametrisation of
+# ``source``/``target``: ``@pytest.mark.parametrize("target", IMPLEMENTATIONS, indirect=True)``.
+IMPLEMENTATIONS = ("distribution", "zuul")
 
 
 @pytest.fixture
@@ -21,10 +26,30 @@ def registries(tmp_path: Path) -> Iterator[RegistryFactory]:
 
 
 @pytest.fixture
-def source(registries: RegistryFactory) -> Registry:
-    return registries()
+def zuul_registries(tmp_path: Path) -> Iterator[ZuulFactory]:
+    """A factory of fresh zuul-registry processes, stopped when the test ends."""
+    factory = ZuulFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+def _registry(request: pytest.FixtureRequest) -> Registry:
+    kind = getattr(request, "param", "distribution")
+    if kind == "zuul":
+        factory: ZuulFactory = request.getfixturevalue("zuul_registries")
+        return factory()
+    assert kind == "distribution", kind
+    return request.getfixturevalue("registries")()  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def target(registries: RegistryFactory) -> Registry:
-    return registries()
+def source(request: pytest.FixtureRequest) -> Registry:
+    """A distribution registry, or the implementation the test parametrises it with."""
+    return _registry(request)
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest) -> Registry:
+    return _registry(request)

@@ -16,10 +16,18 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from syncd.digest import digest_of
-from syncd.errors import DigestMismatchError, ServerError
+from syncd.errors import DigestMismatchError, NotFoundError, ServerError
 from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
+from syncd.reference import TAG_RE
 from syncd.registry.auth import repository_scope
-from syncd.registry.transport import BodyFactory, Request, Response, Transport, redact_url
+from syncd.registry.transport import (
+    BodyFactory,
+    Request,
+    Response,
+    Transport,
+    parse_oci_errors,
+    redact_url,
+)
 
 # 1 MiB keeps per-chunk Python overhead (hashing, queueing) small against the bytes moved
 # while bounding memory per stream.
@@ -28,6 +36,9 @@ _PAGE_SIZE = 1000
 # A registry that keeps handing out `next` links must not hold us forever.
 _MAX_PAGES = 10_000
 _LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+# A POST without a body still states its length: CherryPy-based registries (zuul-registry)
+# answer 411 Length Required otherwise (RFC 9110 section 8.6 lets a server insist).
+_EMPTY_BODY = {"Content-Length": "0"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +207,19 @@ class RegistryClient:
             )
         return urljoin(resp.url, loc)
 
+    @property
+    def can_mount(self) -> bool:
+        """False once the registry refused a cross-repository mount as unsupported."""
+        return "mount" not in self.transport.lacks
+
     async def blob_mount(self, repository: str, digest: str, from_repository: str) -> str | None:
         """Ask the registry to mount a blob from another repository.
 
         Returns None when mounted (201). When the registry declines it opens an upload
         session instead (202); its location is returned so the upload can use it directly.
+        A registry without mounts (zuul-registry answers 404 to the ``mount`` query; the
+        distribution spec makes mounting optional) gets a plain upload session, and no
+        mount is asked of it again.
         """
         resp = await self._send(
             Request(
@@ -208,13 +227,18 @@ class RegistryClient:
                 f"/v2/{repository}/blobs/uploads/",
                 repository=repository,
                 query=(("mount", digest), ("from", from_repository)),
+                headers=_EMPTY_BODY,
                 expect=(201, 202),
+                absent=(404, 405),
                 scopes=(
                     repository_scope(repository, "pull,push"),
                     repository_scope(from_repository, "pull"),
                 ),
             )
         )
+        if resp.status in (404, 405):
+            self.transport.lacks.add("mount")
+            return await self.upload_start(repository)
         return None if resp.status == 201 else self._location(resp)
 
     async def upload_start(self, repository: str) -> str:
@@ -224,6 +248,7 @@ class RegistryClient:
                 "POST",
                 f"/v2/{repository}/blobs/uploads/",
                 repository=repository,
+                headers=_EMPTY_BODY,
                 expect=(202,),
                 scopes=(repository_scope(repository, "pull,push"),),
             )
@@ -331,7 +356,10 @@ class RegistryClient:
     ) -> list[str]:
         out: list[str] = []
         next_path: str | None = path
-        query: tuple[tuple[str, str], ...] = (("n", str(_PAGE_SIZE)),)
+        query: tuple[tuple[str, str], ...] = ()
+        if "page_size" not in self.transport.lacks:
+            query = (("n", str(_PAGE_SIZE)),)
+        dropped_n = False
         for _ in range(_MAX_PAGES):
             if next_path is None:
                 return out
@@ -342,11 +370,30 @@ class RegistryClient:
                     repository=repository,
                     query=query,
                     scopes=(scope,) if scope else (),
+                    # With our page size the 404 body is read: it tells a missing
+                    # repository (an OCI error code) from a registry that does not know
+                    # the ``n`` parameter (zuul-registry's plain 404 page).
+                    expect=(200, 404) if query else (200,),
                     absent=(404,) if missing_ok else (),
                 )
             )
+            if resp.status == 404 and query and not _oci_error(resp.body):
+                query, dropped_n = (), True
+                continue
+            if dropped_n and resp.status == 200:
+                self.transport.lacks.add("page_size")
             if resp.status == 404:
-                return out
+                if missing_ok:
+                    return out
+                raise NotFoundError(
+                    "not found",
+                    registry=self.name,
+                    repository=repository,
+                    method="GET",
+                    url=redact_url(resp.url),
+                    status=404,
+                    details=parse_oci_errors(resp.body),
+                )
             try:
                 items = json.loads(resp.body).get(key) or []
             except (ValueError, AttributeError) as e:
@@ -372,13 +419,17 @@ class RegistryClient:
         A repository that does not exist is an empty list, or with ``missing_ok=False`` a
         ``NotFoundError`` (a source repository a rule names exactly must exist).
         """
-        return await self._paginate(
+        names = await self._paginate(
             f"/v2/{repository}/tags/list",
             "tags",
             repository,
             repository_scope(repository, "pull"),
             missing_ok=missing_ok,
         )
+        # Only tag-shaped names (distribution spec, "Pulling manifests"): zuul-registry
+        # lists a manifest pushed by digest (an index's child) as a "tag" ``sha256:…``,
+        # which is no tag and must not be copied as one.
+        return [n for n in names if TAG_RE.match(n)]
 
     async def catalog(self) -> list[str]:
         """Every repository of the registry, through ``_catalog`` pagination."""
@@ -458,6 +509,15 @@ class RegistryClient:
             {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=2
         ).encode()
         return parse_manifest(raw, OCI_INDEX, where=f"{self.name}/{repository} referrers")
+
+
+def _oci_error(body: bytes) -> bool:
+    """Whether a body is a distribution-spec error document (``{"errors": [...]}``)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("errors"), list)
 
 
 def _with_attempts(req: Request, attempts: int) -> Request:

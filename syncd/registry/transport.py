@@ -206,6 +206,9 @@ class Transport:
         self._quota_exhausted = False
         self._quota_interval = 0.0
         self._children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
+        # Optional endpoint features this registry turned out to lack ("mount",
+        # "page_size"), so that each costs one refused request per process.
+        self.lacks: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     @property

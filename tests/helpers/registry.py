@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class Access:
             return "catalog"
         if "/referrers/" in p:
             return "referrers"
+        if p.endswith("/auth/token"):
+            return "token"  # zuul-registry's token endpoint, on the registry itself
         return "other"
 
 
@@ -79,7 +82,11 @@ class Registry:
     tls: bool = False
     ca_file: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Credentials syncd needs to push here (None: the registry is open).
+    username: str | None = None
+    password: str | None = None
     _log_path: Path = field(init=False)
+    implementation = "distribution"
 
     def __post_init__(self) -> None:
         self._log_path = self.workdir / "registry.log"
@@ -243,6 +250,34 @@ class RegistryFactory:
 
 
 # -- a tiny independent HTTP client for tests (not syncd's) -----------------------------
+# Registries (host:port) that want a Bearer token for everything (zuul-registry): the
+# helpers log in at the realm of their challenge with these credentials, as a client does.
+_BEARER_LOGINS: dict[str, tuple[str, str]] = {}
+_BEARER_TOKENS: dict[str, str] = {}
+
+
+def register_bearer_login(host: str, username: str, password: str) -> None:
+    _BEARER_LOGINS[host] = (username, password)
+    _BEARER_TOKENS.pop(host, None)
+
+
+def _bearer_token(url: str, challenge: str) -> str | None:
+    host = urllib.parse.urlsplit(url).netloc
+    login = _BEARER_LOGINS.get(host)
+    m = re.search(r'realm="([^"]+)"', challenge)
+    if login is None or m is None or not challenge.lower().startswith("bearer"):
+        return None
+    repo = re.match(r".*?/v2/(.+?)/(?:manifests|blobs|tags)/", url)
+    scope = f"repository:{repo.group(1) if repo else 'any'}:pull,push"
+    realm = f"{m.group(1)}?{urllib.parse.urlencode({'scope': scope})}"
+    status, _, body = http("GET", realm, auth=login)
+    if status != 200:
+        return None
+    token = str(json.loads(body)["token"])
+    _BEARER_TOKENS[host] = token
+    return token
+
+
 def http(
     method: str,
     url: str,
@@ -254,6 +289,9 @@ def http(
     token: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     h = dict(headers or {})
+    host = urllib.parse.urlsplit(url).netloc
+    if not token and not auth and host in _BEARER_TOKENS:
+        token = _BEARER_TOKENS[host]
     if token:
         h["Authorization"] = f"Bearer {token}"
     if auth:
@@ -263,6 +301,11 @@ def http(
         with urllib.request.urlopen(req, timeout=30, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as e:
+        challenge = e.headers.get("WWW-Authenticate", "")
+        if e.code == 401 and not auth and host in _BEARER_LOGINS:
+            fresh = _bearer_token(url, challenge)
+            if fresh and fresh != token:
+                return http(method, url, data=data, headers=headers, context=context, token=fresh)
         return e.code, dict(e.headers), e.read()
 
 
