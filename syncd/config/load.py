@@ -52,6 +52,7 @@ from syncd.config.schema import (
 )
 from syncd.durations import parse_duration
 from syncd.errors import ConfigError, ConfigProblem, InvalidReferenceError
+from syncd.proxy import parse_proxy_url
 from syncd.reference import validate_repository, validate_tag
 from syncd.rules import backup_template_problem, is_glob, repository_matches, target_repository
 from syncd.secret import Secret
@@ -416,6 +417,12 @@ def _v_url(value: str) -> str:
     return value
 
 
+def _v_proxy(value: SecretStr) -> SecretStr:
+    # A SecretStr: the URL may carry the proxy's password; parse errors never repeat it.
+    parse_proxy_url(value.get_secret_value())
+    return value
+
+
 def _v_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     ok = bool(sep and host) and port.isdigit() and int(port) < 65536
@@ -464,6 +471,7 @@ class RegistryModel(_Model):
     client_key: NonEmpty | None = None
     max_concurrency: Count = DEFAULT_MAX_CONCURRENCY
     allow_insecure_auth: bool = False
+    proxy: Annotated[SecretStr, Field(min_length=1), AfterValidator(_v_proxy)] | None = None
 
 
 class DefaultsModel(_Model):
@@ -921,6 +929,11 @@ class _Loader:
                 client_key=self._resolve(reg.client_key) if reg.client_key else None,
                 max_concurrency=reg.max_concurrency,
                 allow_insecure_auth=reg.allow_insecure_auth,
+                proxy=parse_proxy_url(
+                    reg.proxy.get_secret_value(), origin=f"registries.{name}.proxy"
+                )
+                if reg.proxy
+                else None,
             )
             for name, reg in model.registries.items()
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from syncd.proxy import ProxyURL
 from syncd.secret import Secret
 
 DEFAULT_INTERVAL = 300.0
@@ -33,6 +34,9 @@ class RegistryConfig:
     client_key: str | None = None
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     allow_insecure_auth: bool = False
+    # Every request of this registry goes through it (token realm and redirects too);
+    # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment decide.
+    proxy: ProxyURL | None = None
 
     @property
     def scheme(self) -> str:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from syncd import USER_AGENT
 from syncd.config.schema import RegistryConfig
+from syncd.errors import ConfigError
+from syncd.proxy import EnvProxies, env_proxies
 from syncd.registry.auth import Authenticator, is_loopback
 from syncd.registry.client import RegistryClient
 from syncd.registry.credentials import credential_source
+from syncd.registry.proxying import ProxyRoute
 from syncd.registry.tls import ssl_context
 from syncd.registry.transport import Transport
 
@@ -34,8 +38,11 @@ class ClientPool:
         metrics: Metrics | None = None,
         retries: int = 5,
         user_agent: str = USER_AGENT,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.configs = dict(registries)
+        self._environ = os.environ if environ is None else environ
+        self._env_proxies: EnvProxies | None = None
         self._metrics = metrics
         self._retries = retries
         self._user_agent = user_agent
@@ -74,6 +81,14 @@ class ClientPool:
             allow_insecure_auth=reg.allow_insecure_auth,
             on_refused=source.invalidate,
         )
+        route = ProxyRoute(reg.proxy, self._proxies_from_env())
+        if route:
+            log.info(
+                "registry %s: requests go %s",
+                name,
+                route.describe(reg.base_url),
+                extra={"registry": name},
+            )
         transport = Transport(
             name=name,
             base_url=reg.base_url,
@@ -84,9 +99,26 @@ class ClientPool:
             retries=self._retries,
             user_agent=self._user_agent,
             username=reg.username,
+            proxy=route if route else None,
         )
         client = self._clients[name] = RegistryClient(transport)
         return client
+
+    def _proxies_from_env(self) -> EnvProxies:
+        """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once per pool (a bad value is a
+        ConfigError naming the variable, before any request)."""
+        if self._env_proxies is None:
+            try:
+                self._env_proxies = env_proxies(self._environ)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            if self._env_proxies.no_proxy.ignored:
+                log.warning(
+                    "NO_PROXY: ignoring entries that are neither host names, addresses nor "
+                    "CIDR ranges: %s",
+                    ", ".join(self._env_proxies.no_proxy.ignored),
+                )
+        return self._env_proxies
 
     async def aclose(self) -> None:
         for client in self._clients.values():

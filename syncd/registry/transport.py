@@ -27,6 +27,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from yarl import URL
 
 from syncd import USER_AGENT
 from syncd.errors import (
@@ -43,6 +44,7 @@ from syncd.errors import (
 )
 from syncd.registry.auth import Authenticator, parse_challenge
 from syncd.registry.bodies import read_capped
+from syncd.registry.proxying import ProxyRoute
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -172,6 +174,27 @@ def _outcome(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome else None
 
 
+def _proxy_error(e: aiohttp.ClientError, host: str, where: dict[str, Any]) -> RegistryError:
+    """A proxy that cannot be reached, or refuses to tunnel (an https:// request's CONNECT).
+
+    Named by host and port only: the proxy URL may carry credentials.
+    """
+    if isinstance(e, aiohttp.ClientHttpProxyError):
+        if e.status == 407:
+            return AuthError(
+                f"the proxy refused to connect to {host}: 407 Proxy Authentication Required "
+                "(check the user and password of the proxy URL)",
+                **where,
+            )
+        return NetworkError(f"the proxy refused to connect to {host}: {e.status}", **where)
+    assert isinstance(e, aiohttp.ClientProxyConnectionError)
+    return NetworkError(
+        f"cannot connect to proxy {e.host}:{e.port} (for {host}): "
+        f"{e.os_error.strerror or e.os_error}",
+        **where,
+    )
+
+
 class Transport:
     """Sends requests to one registry over one long-lived ``ClientSession``."""
 
@@ -187,6 +210,7 @@ class Transport:
         retries: int = 5,
         user_agent: str = USER_AGENT,
         username: str | None = None,
+        proxy: ProxyRoute | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -196,6 +220,7 @@ class Transport:
         self.ssl = ssl
         self.retries = max(1, retries)
         self.username = username
+        self.proxy = proxy
         self._user_agent = user_agent
         self._max_concurrency = max_concurrency
         self._session: aiohttp.ClientSession | None = None
@@ -216,7 +241,10 @@ class Transport:
         if self._session is None:
             # limit caps parallel connections to this registry: max_concurrency.
             connector = aiohttp.TCPConnector(
-                limit=self._max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
+                limit=self._max_concurrency,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+                force_close=bool(self.proxy and self.proxy.forwards_plain_http(self.base_url)),
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -225,6 +253,8 @@ class Transport:
                     total=None, connect=15, sock_connect=15, sock_read=60
                 ),
                 auto_decompress=False,
+                # Only a registry with a proxy pays for the middleware's per-hop routing.
+                middlewares=(self.proxy.middleware,) if self.proxy else (),
             )
         return self._session
 
@@ -271,6 +301,7 @@ class Transport:
                 async with self.session.get(url, ssl=self._ssl_arg) as resp:
                     await resp.content.read(MAX_ERROR_BODY)
                     self._count("GET", resp.status, start)
+                    self._check_proxy_refusal(resp.status, url)
                     if resp.status == 401:
                         self.auth.learn(resp.headers.get("WWW-Authenticate"))
                     elif resp.status >= 500 or resp.status == 429:
@@ -289,6 +320,21 @@ class Transport:
                             url=redact_url(url),
                             status=404,
                         )
+
+    def _check_proxy_refusal(self, status: int, url: str) -> None:
+        """A proxy that wants (other) credentials answers the ping with 407 (RFC 9110
+        section 15.5.8); a registry never does."""
+        proxy = self.proxy.for_url(URL(url)) if self.proxy else None
+        if status != 407 or proxy is None:
+            return
+        raise AuthError(
+            f"the proxy {proxy.url} refused the request: 407 Proxy Authentication Required "
+            "(check the user and password of the proxy URL)",
+            registry=self.name,
+            method="GET",
+            url=redact_url(url),
+            status=status,
+        )
 
     @property
     def _ssl_arg(self) -> Any:
@@ -526,6 +572,8 @@ class Transport:
             return TLSError(f"TLS handshake with {self.host} failed: {alert}{hint}", **where)  # type: ignore[arg-type]
         if isinstance(e, TimeoutError):
             return NetworkError(f"timed out talking to {self.host}", **where)  # type: ignore[arg-type]
+        if isinstance(e, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+            return _proxy_error(e, self.host, where)
         if isinstance(e, aiohttp.ClientConnectorError):
             return NetworkError(
                 f"cannot connect to {self.host}: {e.os_error.strerror or e.os_error}",
@@ -585,6 +633,13 @@ class Transport:
             return AuthError(
                 f"denied: no {action} permission on {req.repository or 'the catalog'} ({user})"
                 + (f": {text}" if text else ""),
+                **kw,
+            )
+        if status == 407:
+            # An http:// request through a proxy gets the proxy's refusal as its answer.
+            return AuthError(
+                "the proxy refused the request: 407 Proxy Authentication Required "
+                "(check the user and password of the proxy URL)",
                 **kw,
             )
         if status == 404:

@@ -775,6 +775,29 @@ SECRET = "hunter2-Very-S3cret"
         # a webhook token next to a bad listen address, and a password that is not a string
         (BASE + f"server:\n  listen: nope\n  webhook_token: {SECRET}\n", {}),
         (BASE + "server:\n  webhook_token: ${PW}\n  listen: 1\n", {"PW": SECRET}),
+        # a proxy URL with a password: wrong port, a path, a socks scheme, from the env
+        (
+            BASE.replace(
+                "url: http://127.0.0.1:5002", f"url: x\n    proxy: http://u:{SECRET}@p:99999"
+            ),
+            {},
+        ),
+        (
+            BASE.replace(
+                "url: http://127.0.0.1:5002", f"url: x\n    proxy: http://u:{SECRET}@p:1/x"
+            ),
+            {},
+        ),
+        (
+            BASE.replace(
+                "url: http://127.0.0.1:5002", f"url: x\n    proxy: socks5://u:{SECRET}@p:1"
+            ),
+            {},
+        ),
+        (
+            BASE.replace("url: http://127.0.0.1:5002", "url: x\n    proxy: http://u:${PW}@p:1/y"),
+            {"PW": SECRET},
+        ),
         # a secret that is not a valid variable name inside ${…}
         (
             BASE.replace("url: http://127.0.0.1:5002", f"url: x\n    password: ab${{{SECRET} x}}"),
@@ -790,6 +813,27 @@ def test_secrets_never_in_problems(text: str, env: dict[str, str]) -> None:
     assert SECRET not in rendered
     assert SECRET[:8] not in rendered
     assert "hunter2" not in rendered
+
+
+def test_registry_proxy_keeps_its_credentials_apart() -> None:
+    cfg = load(
+        BASE.replace(
+            "url: http://127.0.0.1:5002",
+            "url: http://127.0.0.1:5002\n    proxy: http://bob:${PW}@Proxy.Corp:3128",
+        ),
+        {"PW": SECRET},
+    )
+    proxy = cfg.registries["dst"].proxy
+    assert proxy is not None and proxy.url == "http://proxy.corp:3128"
+    assert proxy.username == "bob" and proxy.password is not None
+    assert proxy.password.reveal() == SECRET and proxy.origin == "registries.dst.proxy"
+    assert SECRET not in repr(cfg) and cfg.registries["src"].proxy is None
+
+
+def test_registry_proxy_problems_are_located() -> None:
+    (p,) = problems(BASE.replace("url: http://127.0.0.1:5002", "url: x\n    proxy: ftp://p:1"))
+    assert (p.line, p.key) == (6, "registries.dst.proxy")
+    assert "proxy scheme must be http" in p.message
 
 
 def test_values_from_env_are_masked_in_messages() -> None:

@@ -21,6 +21,7 @@ L0 = {
     "syncd.config.schema",
     "syncd.secret",
     "syncd.durations",
+    "syncd.proxy",
 }
 L1_PREFIXES = ("syncd.config.load", "syncd.registry", "syncd.metrics", "syncd.logs")
 L2_PREFIXES = (
