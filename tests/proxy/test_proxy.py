@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -15,10 +16,12 @@ from prometheus_client import generate_latest
 from syncd.config.schema import Config
 from syncd.metrics import Metrics
 from syncd.proxy import parse_proxy_url
+from tests.auth.test_redirect import BlobStorage, redirecting
 from tests.copy.conftest import make_config, sync
+from tests.helpers.auth import make_tls
 from tests.helpers.forward_proxy import ForwardProxy, ForwardProxyFactory
 from tests.helpers.images import image, push
-from tests.helpers.registry import Registry, manifest_raw
+from tests.helpers.registry import Registry, RegistryFactory, manifest_raw
 
 UA = "syncd/"
 REPO = "team/app"
@@ -148,3 +151,55 @@ async def test_proxy_credentials_are_sent_and_never_shown(
     ]
     for text in shown:
         assert password not in text and "not-the-pw" not in text
+
+
+async def test_an_https_registry_is_tunnelled_with_connect_and_proxy_credentials(
+    registries: RegistryFactory,
+    forward_proxies: ForwardProxyFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tls = make_tls(tmp_path / "tls")
+    source = registries(tls=tls.registry_tls)
+    target = registries(tls=tls.registry_tls)
+    img = image("tunnelled", layers=1, size=3000)
+    push(source.url, REPO, "v1", img, context=tls.client_context())
+    proxy = forward_proxies(basic_auth=("proxyuser", "tunnel-pw"))
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url_with("proxyuser", "tunnel-pw"))
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # never used: both are https
+    cfg = make_config(source, [target], [REPO], retries=1)
+    ca = str(tls.ca_file)
+    cfg = replace(cfg, registries={n: replace(r, ca_file=ca) for n, r in cfg.registries.items()})
+    result = await sync(cfg)
+    assert result.ok and result.synced == 1, result.failures
+    assert manifest_raw(target.url, REPO, "v1", context=tls.client_context()) == img.raw
+    # The proxy saw tunnels to both registries, nothing in the clear.
+    tunnels = {r.url for r in proxy.requests() if r.method == "CONNECT"}
+    assert tunnels == {source.host, target.host}
+    assert all(r.method == "CONNECT" for r in proxy.requests())
+
+
+async def test_a_redirect_gets_its_own_no_proxy_verdict(
+    registries: RegistryFactory,
+    forward_proxies: ForwardProxyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blob redirected to storage on another host:port goes directly when NO_PROXY names
+    that storage, while the registry itself is reached through the proxy."""
+    storage = BlobStorage().start()
+    try:
+        source = registries(middleware=redirecting(storage.url))
+        storage.root = source.root.resolve()
+        target = registries()
+        raw = seeded(source)
+        proxy = forward_proxies()
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", storage.url.removeprefix("http://"))
+        result = await sync(make_config(source, [target], [REPO], retries=1))
+        assert result.ok and result.synced == 1, result.failures
+        assert manifest_raw(target.url, REPO, "v1") == raw
+        assert len(storage.seen) >= 3  # the config and two layers, fetched directly
+        assert proxy.requests(storage.url.removeprefix("http://")) == []
+        assert any("/blobs/" in r.url for r in proxy.requests(f"//{source.host}/"))
+    finally:
+        storage.stop()
