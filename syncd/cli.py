@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import configure
+from syncd.proxy import env_proxies
 from syncd.sync import PlanEntry, RulePassResult, open_syncer
 
 log = logging.getLogger("syncd")
@@ -159,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _secrets_of(config: Config) -> list[str]:
     out = [r.password.reveal() for r in config.registries.values() if r.password]
+    proxies = [r.proxy for r in config.registries.values() if r.proxy]
+    out += [p.password.reveal() for p in proxies if p.password]
+    with contextlib.suppress(ValueError):  # a bad variable is reported when a pool reads it
+        env = env_proxies(os.environ)
+        out += [p.password.reveal() for p in (env.https, env.http) if p and p.password]
     if config.server.webhook_token:
         out.append(config.server.webhook_token.reveal())
     return out
