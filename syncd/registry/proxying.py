@@ -14,7 +14,9 @@ import base64
 import aiohttp
 from yarl import URL
 
+from syncd.errors import AuthError
 from syncd.proxy import EnvProxies, ProxyURL
+from syncd.registry.neterrors import PROXY_REFUSED
 
 # Hosts a session talks to: the registry, its token realm, blob storage it redirects to.
 _MAX_ROUTES = 256
@@ -22,7 +24,8 @@ _MAX_ROUTES = 256
 
 class ProxyRoute:
     """The proxy for each request of one registry: its own ``proxy``, else the
-    environment's for the request's URL (with ``NO_PROXY``)."""
+    environment's for the request's URL (with ``NO_PROXY``). Only a registry with a
+    proxy gets the middleware (and pays for its per-hop routing)."""
 
     def __init__(self, fixed: ProxyURL | None, env: EnvProxies) -> None:
         self.fixed = fixed
@@ -49,6 +52,17 @@ class ProxyRoute:
         without saying so (no ``Connection: close``); a connection reused for the next
         request then races that close and fails. Those requests get a connection each."""
         return base_url.startswith("http://") and self.for_url(URL(base_url)) is not None
+
+    def refusal(self, url: str, registry: str) -> AuthError:
+        """The error for a 407 to ``url``: the proxy wants (other) credentials."""
+        proxy = self.for_url(URL(url))
+        return AuthError(
+            f"the proxy {proxy.url if proxy else ''} refused the request: {PROXY_REFUSED}",
+            registry=registry,
+            method="GET",
+            url=url.split("?", 1)[0],
+            status=407,
+        )
 
     def describe(self, url: str) -> str:
         """Where requests to ``url`` go, for a log line (no credentials)."""

@@ -27,23 +27,21 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
-from yarl import URL
 
 from syncd import USER_AGENT
 from syncd.errors import (
     AuthError,
     ClientRequestError,
-    NetworkError,
     NotFoundError,
     OCIErrorDetail,
     RateLimitedError,
     RegistryError,
     ServerError,
     SyncdError,
-    TLSError,
 )
 from syncd.registry.auth import Authenticator, parse_challenge
 from syncd.registry.bodies import read_capped
+from syncd.registry.neterrors import PROXY_REFUSED, network_error
 from syncd.registry.proxying import ProxyRoute
 
 if TYPE_CHECKING:
@@ -120,22 +118,6 @@ def parse_oci_errors(body: bytes) -> tuple[OCIErrorDetail, ...]:
         return (OCIErrorDetail("", text),) if text else ()
 
 
-# OpenSSL alert names a server sends when it wants a (valid) client certificate.
-_CLIENT_CERT_ALERTS = ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "UNKNOWN_CA", "HANDSHAKE_FAILURE")
-
-
-def _tls_alert(e: BaseException) -> str | None:
-    """The OpenSSL reason (e.g. ``SSLV3_ALERT_BAD_CERTIFICATE``) behind a connection error."""
-    seen: BaseException | None = e
-    for _ in range(5):  # a short cause chain; bounded against cycles
-        if seen is None:
-            return None
-        if isinstance(seen, ssl_module.SSLError):
-            return str(seen.reason or seen)
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     if value is None:
@@ -172,27 +154,6 @@ class _Attempt:
 
 def _outcome(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome else None
-
-
-def _proxy_error(e: aiohttp.ClientError, host: str, where: dict[str, Any]) -> RegistryError:
-    """A proxy that cannot be reached, or refuses to tunnel (an https:// request's CONNECT).
-
-    Named by host and port only: the proxy URL may carry credentials.
-    """
-    if isinstance(e, aiohttp.ClientHttpProxyError):
-        if e.status == 407:
-            return AuthError(
-                f"the proxy refused to connect to {host}: 407 Proxy Authentication Required "
-                "(check the user and password of the proxy URL)",
-                **where,
-            )
-        return NetworkError(f"the proxy refused to connect to {host}: {e.status}", **where)
-    assert isinstance(e, aiohttp.ClientProxyConnectionError)
-    return NetworkError(
-        f"cannot connect to proxy {e.host}:{e.port} (for {host}): "
-        f"{e.os_error.strerror or e.os_error}",
-        **where,
-    )
 
 
 class Transport:
@@ -253,7 +214,6 @@ class Transport:
                     total=None, connect=15, sock_connect=15, sock_read=60
                 ),
                 auto_decompress=False,
-                # Only a registry with a proxy pays for the middleware's per-hop routing.
                 middlewares=(self.proxy.middleware,) if self.proxy else (),
             )
         return self._session
@@ -301,7 +261,8 @@ class Transport:
                 async with self.session.get(url, ssl=self._ssl_arg) as resp:
                     await resp.content.read(MAX_ERROR_BODY)
                     self._count("GET", resp.status, start)
-                    self._check_proxy_refusal(resp.status, url)
+                    if self.proxy and resp.status == 407:
+                        raise self.proxy.refusal(url, self.name)
                     if resp.status == 401:
                         self.auth.learn(resp.headers.get("WWW-Authenticate"))
                     elif resp.status >= 500 or resp.status == 429:
@@ -320,21 +281,6 @@ class Transport:
                             url=redact_url(url),
                             status=404,
                         )
-
-    def _check_proxy_refusal(self, status: int, url: str) -> None:
-        """A proxy that wants (other) credentials answers the ping with 407 (RFC 9110
-        section 15.5.8); a registry never does."""
-        proxy = self.proxy.for_url(URL(url)) if self.proxy else None
-        if status != 407 or proxy is None:
-            return
-        raise AuthError(
-            f"the proxy {proxy.url} refused the request: 407 Proxy Authentication Required "
-            "(check the user and password of the proxy URL)",
-            registry=self.name,
-            method="GET",
-            url=redact_url(url),
-            status=status,
-        )
 
     @property
     def _ssl_arg(self) -> Any:
@@ -552,34 +498,7 @@ class Transport:
         self, e: BaseException, method: str, url: str, repository: str
     ) -> RegistryError:
         where = dict(registry=self.name, repository=repository, method=method, url=redact_url(url))
-        if isinstance(e, aiohttp.ClientConnectorCertificateError):
-            return TLSError(
-                f"TLS certificate verification failed for {self.host}: {e.certificate_error}",
-                **where,  # type: ignore[arg-type]
-            )
-        if isinstance(e, aiohttp.ClientSSLError):
-            return TLSError(f"TLS handshake with {self.host} failed: {e}", **where)  # type: ignore[arg-type]
-        alert = _tls_alert(e)
-        if alert is not None:
-            # The server ended the handshake after seeing (or missing) our certificate;
-            # with TLS 1.3 that surfaces on the first read, as a plain OSError.
-            hint = ""
-            if any(word in alert for word in _CLIENT_CERT_ALERTS):
-                hint = (
-                    ": the registry refused the client certificate (or none was sent; "
-                    "set client_cert/client_key)"
-                )
-            return TLSError(f"TLS handshake with {self.host} failed: {alert}{hint}", **where)  # type: ignore[arg-type]
-        if isinstance(e, TimeoutError):
-            return NetworkError(f"timed out talking to {self.host}", **where)  # type: ignore[arg-type]
-        if isinstance(e, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
-            return _proxy_error(e, self.host, where)
-        if isinstance(e, aiohttp.ClientConnectorError):
-            return NetworkError(
-                f"cannot connect to {self.host}: {e.os_error.strerror or e.os_error}",
-                **where,  # type: ignore[arg-type]
-            )
-        return NetworkError(f"connection to {self.host} failed: {type(e).__name__}: {e}", **where)  # type: ignore[arg-type]
+        return network_error(e, self.host, where)
 
     @contextmanager
     def _map_errors(self, method: str, url: str, repository: str) -> Iterator[None]:
@@ -635,13 +554,8 @@ class Transport:
                 + (f": {text}" if text else ""),
                 **kw,
             )
-        if status == 407:
-            # An http:// request through a proxy gets the proxy's refusal as its answer.
-            return AuthError(
-                "the proxy refused the request: 407 Proxy Authentication Required "
-                "(check the user and password of the proxy URL)",
-                **kw,
-            )
+        if status == 407:  # an http:// request through a proxy: the proxy's refusal
+            return AuthError(f"the proxy refused the request: {PROXY_REFUSED}", **kw)
         if status == 404:
             return NotFoundError("not found", **kw)
         if status == 429:
