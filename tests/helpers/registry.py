@@ -261,6 +261,12 @@ def register_bearer_login(host: str, username: str, password: str) -> None:
     _BEARER_TOKENS.pop(host, None)
 
 
+def forget_bearer_login(host: str) -> None:
+    """The registry at ``host`` is gone; a later one on that port starts afresh."""
+    _BEARER_LOGINS.pop(host, None)
+    _BEARER_TOKENS.pop(host, None)
+
+
 def _bearer_token(url: str, challenge: str) -> str | None:
     host = urllib.parse.urlsplit(url).netloc
     login = _BEARER_LOGINS.get(host)

@@ -20,7 +20,12 @@ from typing import Any
 
 import yaml
 
-from tests.helpers.registry import Registry, free_port, register_bearer_login
+from tests.helpers.registry import (
+    Registry,
+    forget_bearer_login,
+    free_port,
+    register_bearer_login,
+)
 
 _ROOT = Path(__file__).resolve().parents[2]
 ZUUL_USER = "pusher"
@@ -109,3 +114,4 @@ class ZuulFactory:
     def close(self) -> None:
         for reg in self.started:
             reg.stop()
+            forget_bearer_login(reg.host)
