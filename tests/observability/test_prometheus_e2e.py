@@ -118,7 +118,7 @@ class PrometheusServer:
                         return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.2)  # sleep-ok: poll interval of a bounded wait
         raise AssertionError(f"prometheus not ready:\n{self.process.output()}")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
@@ -139,7 +139,7 @@ def wait_for(what: str, check: Any, timeout: float, *logs: Process) -> None:
     while time.monotonic() < deadline:
         if check():
             return
-        time.sleep(0.5)
+        time.sleep(0.5)  # sleep-ok: poll interval of a bounded wait
     raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(p.output() for p in logs))
 
 
