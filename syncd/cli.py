@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="output format",
             )
 
+    p = sub.add_parser("schema", help="print the JSON Schema of the config file")
+    _common(p, suppress=True)
+
     p = sub.add_parser("run", help="the long-lived daemon")
     _common(p, suppress=True)
     p.add_argument(
@@ -103,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = args.config or os.environ.get("SYNCD_CONFIG")
     redactor = configure(args.log_format or "text", args.log_level or "info")
+    if args.command == "schema":
+        from syncd.config.json_schema import config_json_schema
+
+        print(json.dumps(config_json_schema(), indent=2))
+        return EXIT_OK
     if not path:
         print("syncd: no config file: use -c FILE or set SYNCD_CONFIG", file=sys.stderr)
         return EXIT_CONFIG
