@@ -21,7 +21,9 @@ from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import configure
-from syncd.sync import PlanEntry, RulePassResult, open_syncer
+from syncd.plan import PlanEntry
+from syncd.report import rule_report, run_report, write_report
+from syncd.sync import RulePassResult, open_syncer
 
 log = logging.getLogger("syncd")
 
@@ -78,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _common(p, suppress=True)
         p.add_argument("--rule", metavar="NAME", help="only this rule")
+        if name == "once":
+            p.add_argument(
+                "--report",
+                metavar="FILE",
+                help="write the JSON run report of the pass to FILE (also when images failed)",
+            )
         if name == "plan":
             p.add_argument(
                 "--output",
@@ -153,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return asyncio.run(_plan(config, rules, args.output))
-        return asyncio.run(_once(config, rules, args.listen))
+        return asyncio.run(_once(config, rules, args.listen, args.report))
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
         return 130
@@ -214,7 +222,9 @@ class _Progress:
             sys.stdout.flush()
 
 
-async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> int:
+async def _once(
+    config: Config, rules: list[RuleConfig], listen: str | None, report: str | None
+) -> int:
     # Without --listen nothing would ever read the metrics: a one-shot pass in CI then
     # skips prometheus_client's import and the bookkeeping of every request.
     metrics = None
@@ -239,6 +249,7 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
         await server.start(host, port)
     start = time.monotonic()
     total = RulePassResult("*")
+    results: list[RulePassResult] = []
     progress = _Progress()
     try:
         async with open_syncer(
@@ -246,7 +257,8 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
         ) as syncer:
             syncer.progress = progress.tick
             for rule in rules:
-                total.add(await syncer.run_rule(rule))
+                results.append(await syncer.run_rule(rule))
+                total.add(results[-1])
     finally:
         progress.end()
         if server is not None:
@@ -254,6 +266,12 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
     for failure in total.failures:
         print(f"failed: {failure}", file=sys.stderr)
     print(summary_line(total, time.monotonic() - start), flush=True)
+    if report:
+        try:
+            write_report(report, run_report(rule_report(r) for r in results))
+        except OSError as e:
+            print(f"syncd: cannot write the report {report}: {e}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK if total.ok else EXIT_FAILED
 
 

@@ -37,6 +37,8 @@ L2_PREFIXES = (
     "syncd.daemon",
     "syncd.referrers",
     "syncd.report",
+    "syncd.plan",
+    "syncd.target_bytes",
     "syncd.verify",
     "syncd.status",
 )
