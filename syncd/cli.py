@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("plan", "show what would be copied, write nothing"),
         ("once", "one full pass, then exit"),
+        ("verify", "check every selected tag and what it references at the targets; write nothing"),
     ):
         p = sub.add_parser(name, help=text)
         _common(p, suppress=True)
@@ -161,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return asyncio.run(_plan(config, rules, args.output))
+        if args.command == "verify":
+            return asyncio.run(_verify(config, rules))
         return asyncio.run(_once(config, rules, args.listen, args.report))
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
@@ -376,3 +379,18 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
             f"{t['missing_blobs']} blobs, {_human(t['missing_bytes'])} to transfer"
         )
     return EXIT_FAILED if doc["totals"]["errors"] else EXIT_OK
+
+
+# -- verify -------------------------------------------------------------------------------
+async def _verify(config: Config, rules: list[RuleConfig]) -> int:
+    from syncd.verify import verify_config
+
+    result = await verify_config(config, rules)
+    for problem in result.problems:
+        print(problem)
+    print(
+        f"verify: {result.tags} tags checked at targets, {result.manifests} manifests,"
+        f" {result.blobs} blobs; {len(result.problems)} problems",
+        flush=True,
+    )
+    return EXIT_OK if result.ok else EXIT_FAILED
