@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
                 help="output format",
             )
 
+    p = sub.add_parser(
+        "status", help="the latest run report of every rule, from the running daemon"
+    )
+    _common(p, suppress=True)
+    p.add_argument(
+        "--output", choices=["text", "json"], default="text", type=str.lower, help="output format"
+    )
+
     p = sub.add_parser("schema", help="print the JSON Schema of the config file")
     _common(p, suppress=True)
 
@@ -120,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(json.dumps(config_json_schema(), indent=2))
         return EXIT_OK
+    if args.command == "status" and not path:
+        return _status(None, args.listen, args.output)
     if not path:
         print("syncd: no config file: use -c FILE or set SYNCD_CONFIG", file=sys.stderr)
         return EXIT_CONFIG
@@ -151,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{path}: valid ({len(config.registries)} registries, {len(config.rules)} rules)")
         return EXIT_OK
+    if args.command == "status":
+        return _status(config, args.listen, args.output)
     rules = list(config.rules)
     if args.rule:
         rule = config.rule(args.rule)
@@ -232,6 +244,7 @@ async def _once(
     # skips prometheus_client's import and the bookkeeping of every request.
     metrics = None
     server = None
+    results: list[RulePassResult] = []
     if listen:
         from syncd.daemon.lifecycle import parse_listen
         from syncd.metrics import Metrics
@@ -248,11 +261,11 @@ async def _once(
             ready=lambda: True,
             trigger=lambda events: [],
             webhook_token=lambda: None,
+            status=lambda: run_report(rule_report(r) for r in results),
         )
         await server.start(host, port)
     start = time.monotonic()
     total = RulePassResult("*")
-    results: list[RulePassResult] = []
     progress = _Progress()
     try:
         async with open_syncer(
@@ -394,3 +407,18 @@ async def _verify(config: Config, rules: list[RuleConfig]) -> int:
         flush=True,
     )
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# -- status -------------------------------------------------------------------------------
+def _status(config: Config | None, listen: str | None, output: str) -> int:
+    from syncd.daemon.lifecycle import DEFAULT_LISTEN
+    from syncd.status import StatusUnavailableError, format_status, read_status
+
+    address = listen or (config.server.listen if config else None) or DEFAULT_LISTEN
+    try:
+        doc = read_status(address)
+    except (StatusUnavailableError, ValueError) as e:
+        print(f"syncd: no run report: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(doc, indent=2) if output == "json" else format_status(doc))
+    return EXIT_OK
