@@ -29,6 +29,7 @@ from syncd.copy import CopyEngine
 from syncd.errors import ManifestInvalidError, SyncdError
 from syncd.manifest import Manifest
 from syncd.referrers import COSIGN_SUFFIXES, fallback_tag, is_referrer_tag
+from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
 from syncd.rules import is_glob, select_repositories, select_tags, target_repository
 
@@ -128,6 +129,32 @@ class Verifier:
     async def _verify_tag(
         self, rule: RuleConfig, source: Endpoint, tag: str, source_tags: set[str]
     ) -> None:
+        targets = [
+            Endpoint(
+                self.pool.client(name).with_retries(rule.retries),
+                target_repository(rule, source.repository),
+            )
+            for name in rule.targets
+        ]
+        # The targets' tag HEADs go out alongside the source's reads, not after them: a tag
+        # in place then costs one round trip, as in a pass (CopyEngine.look_ahead).
+        heads = [asyncio.ensure_future(t.client.manifest_head(t.repository, tag)) for t in targets]
+        try:
+            await self._verify_tag_at(rule, source, tag, source_tags, targets, heads)
+        finally:
+            for head in heads:
+                head.cancel()
+            await asyncio.gather(*heads, return_exceptions=True)
+
+    async def _verify_tag_at(
+        self,
+        rule: RuleConfig,
+        source: Endpoint,
+        tag: str,
+        source_tags: set[str],
+        targets: Sequence[Endpoint],
+        heads: Sequence[asyncio.Future[ManifestInfo | None]],
+    ) -> None:
         try:
             info = await source.client.manifest_head(source.repository, tag)
             if info is None:
@@ -152,12 +179,8 @@ class Verifier:
         except SyncdError as e:
             self._problem(rule, ERROR, f"{source}:{tag}", f"reading its referrers: {e}")
             referrers = Verifier._Referrers()
-        for name in rule.targets:
-            target = Endpoint(
-                self.pool.client(name).with_retries(rule.retries),
-                target_repository(rule, source.repository),
-            )
-            await self._at_target(rule, target, tag, want, tree, f"{source}:{tag}")
+        for target, head in zip(targets, heads, strict=True):
+            await self._at_target(rule, target, tag, want, tree, f"{source}:{tag}", head)
             for ref_tag, ref_tree in referrers.tagged:
                 ref_source = f"{source}:{ref_tag}"
                 await self._at_target(rule, target, ref_tag, ref_tree[0], ref_tree, ref_source)
@@ -172,11 +195,12 @@ class Verifier:
         want: Manifest,
         tree: list[Manifest],
         source: str,
+        looked: Awaitable[ManifestInfo | None] | None = None,
     ) -> None:
         where = f"{target}:{tag}"
         self.result.tags += 1
         try:
-            head = await target.client.manifest_head(target.repository, tag)
+            head = await (looked or target.client.manifest_head(target.repository, tag))
         except SyncdError as e:
             self._problem(rule, ERROR, where, str(e))
             return
