@@ -4,9 +4,8 @@ Two angles. The CLI runs at debug level (text and JSON logs, ``once``, ``plan``,
 ``plan --output json`` and ``verify``) with right and wrong credentials of every kind, and all
 its output and the ``once --report`` files are searched. Then the same scenarios run
 in-process with every logger at DEBUG and *no* redacting filter installed, so a leak cannot
-hide behind the CLI's scrubber: log records,
-rendered tracebacks, failure texts, exception ``str``/``repr``, config reprs and the
-``/metrics`` exposition are searched too.
+hide behind the CLI's scrubber: log records, rendered tracebacks, failure texts, exception
+``str``/``repr``, config reprs and the ``/metrics`` exposition are searched too.
 """
 
 from __future__ import annotations
