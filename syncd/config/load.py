@@ -437,10 +437,15 @@ def _unique(values: list[str]) -> list[str]:
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 Regex = Annotated[str, AfterValidator(_v_regex)]
-RegexList = Annotated[list[Regex], BeforeValidator(_one_or_many)]
-Duration = Annotated[float, BeforeValidator(_v_duration)]
+# ``json_schema_input_type`` says what the YAML may hold before a BeforeValidator converts
+# it, so ``syncd schema`` describes the file an operator writes, not the parsed value.
+OneOrMany = BeforeValidator(_one_or_many, json_schema_input_type=str | list[str])
+RegexList = Annotated[list[Regex], OneOrMany]
+Duration = Annotated[float, BeforeValidator(_v_duration, json_schema_input_type=float | str)]
 # A duration where 0 means "off" (a rule can switch off a default that way).
-DurationOrZero = Annotated[float, BeforeValidator(_v_duration_or_zero)]
+DurationOrZero = Annotated[
+    float, BeforeValidator(_v_duration_or_zero, json_schema_input_type=float | str)
+]
 Cron = Annotated[str, AfterValidator(_v_cron)]
 Count = Annotated[int, Field(ge=1)]
 
@@ -491,19 +496,17 @@ class RuleModel(_Model):
 
     name: NonEmpty
     source: NonEmpty
-    targets: Annotated[
-        list[NonEmpty], BeforeValidator(_one_or_many), Field(min_length=1), AfterValidator(_unique)
-    ]
+    targets: Annotated[list[NonEmpty], OneOrMany, Field(min_length=1), AfterValidator(_unique)]
     repositories: Annotated[
         list[Annotated[str, AfterValidator(_v_repository)]],
-        BeforeValidator(_one_or_many),
+        OneOrMany,
         Field(min_length=1),
         AfterValidator(_unique),
     ]
     tags: TagsModel | None = None
     platforms: Annotated[
         list[Annotated[str, AfterValidator(_v_platform)]],
-        BeforeValidator(_one_or_many),
+        OneOrMany,
         AfterValidator(_unique),
     ] = []
     target_prefix: Annotated[str, AfterValidator(_v_prefix)] = ""
@@ -511,9 +514,7 @@ class RuleModel(_Model):
     backup: Annotated[NonEmpty, AfterValidator(_v_backup)] | None = None
     immutable_tags: RegexList = []
     referrers: bool = True
-    referrers_types: Annotated[
-        list[Annotated[str, AfterValidator(_v_media_type)]], BeforeValidator(_one_or_many)
-    ] = []
+    referrers_types: Annotated[list[Annotated[str, AfterValidator(_v_media_type)]], OneOrMany] = []
     require_signature: bool = False
     interval: Duration | None = None
     schedule: Cron | None = None
@@ -531,7 +532,9 @@ class RuleModel(_Model):
             )
         return value
 
-    @field_validator("tags", mode="before")
+    @field_validator(
+        "tags", mode="before", json_schema_input_type=list[str] | str | TagsModel | None
+    )
     @classmethod
     def _tag_list(cls, value: Any) -> Any:
         # "tags: [v1, latest]" is an explicit list of tags.

@@ -22,7 +22,13 @@ L0 = {
     "syncd.secret",
     "syncd.durations",
 }
-L1_PREFIXES = ("syncd.config.load", "syncd.registry", "syncd.metrics", "syncd.logs")
+L1_PREFIXES = (
+    "syncd.config.load",
+    "syncd.config.json_schema",
+    "syncd.registry",
+    "syncd.metrics",
+    "syncd.logs",
+)
 L2_PREFIXES = (
     "syncd.copy",
     "syncd.blobs",
@@ -30,6 +36,11 @@ L2_PREFIXES = (
     "syncd.server",
     "syncd.daemon",
     "syncd.referrers",
+    "syncd.report",
+    "syncd.plan",
+    "syncd.target_bytes",
+    "syncd.verify",
+    "syncd.status",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
