@@ -30,6 +30,7 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+from syncd.sync_quota import left_alone, new_tags_first
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -147,11 +148,14 @@ class Syncer:
         start = time.monotonic()
         result = RulePassResult(rule.name)
         source = self.pool.client(rule.source).with_retries(rule.retries)
+        skip = left_alone(self.pool, rule)
         try:
-            repos = await self._repositories(rule, repositories)
+            repos = [] if skip else await self._repositories(rule, repositories)
         except SyncdError as e:
             self._fail_rule(rule, result, f"listing {rule.source}: {e}", e)
             repos = []
+        if skip:
+            self._fail_rule(rule, result, f"pass skipped: {skip}", skip)
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
@@ -288,6 +292,7 @@ class Syncer:
                         PlanEntry(rule.name, f"{source_name}/{repo}", t, "", "", "", "filtered")
                     )
         targets = tuple((name, target_repository(rule, repo)) for name in rule.targets)
+        tags = await new_tags_first(self.pool, rule, tags, targets)
         for key in targets:
             chosen.setdefault(key, set()).update(tags)
         immutable_present: dict[tuple[str, str], set[str]] = {}
@@ -580,8 +585,7 @@ async def open_syncer(
     track_target_bytes: bool = True,
     probe_up_to_date: bool = True,
 ) -> AsyncIterator[Syncer]:
-    """A Syncer with one HTTP session per registry, closed on exit.
-
+    """A Syncer with one HTTP session per registry, closed on exit;
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
     the once-per-registry referrers-API probe; see ``ReferrerSync``.
     """
