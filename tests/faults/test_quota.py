@@ -10,8 +10,8 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -119,9 +119,7 @@ def _write(path: Path, source: str, target: str, **registry: object) -> Path:
     doc = {
         "registries": {"src": {"url": source, **registry}, "t0": {"url": target}},
         "defaults": {"retries": 5},
-        "rules": [
-            {"name": "r", "source": "src", "targets": ["t0"], "repositories": [REPO]}
-        ],
+        "rules": [{"name": "r", "source": "src", "targets": ["t0"], "repositories": [REPO]}],
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
