@@ -217,3 +217,30 @@ async def test_requests_per_second_paces_a_registry(
 async def _one_pass(config: Config) -> bool:
     async with open_syncer(config) as syncer:
         return (await syncer.run_rule(config.rules[0])).ok
+
+
+async def test_a_budget_window_within_max_retry_wait_is_waited_for(
+    source: Registry, target: Registry, fronts: list[QuotaFront]
+) -> None:
+    for i in range(6):
+        push(source.url, REPO, f"v{i}", image(f"wait-{i}", layers=1, size=200))
+    window = 2.0
+    front = QuotaFront(source.url, limit=4, window=window, users={"bot": "pw"})
+    fronts.append(front)
+    config = _source(
+        config_for(front.url, [target.url], [REPO], concurrency=3),
+        credentials=(AccountConfig("bot", Secret("pw")),),
+        quota_reserve=QuotaReserve(1, percent=False),
+        max_retry_wait=30.0,
+    )
+    metrics = Metrics()
+    async with open_syncer(config, metrics) as syncer:
+        result = await syncer.run_rule(config.rules[0])
+    spent = front.pulls_per_window()
+    print(f"\none pass, 6 pulls over windows of 3: {spent} in {result.seconds:.1f}s")
+    assert result.ok and result.synced == 6, result.failures
+    assert spent == {("bot", 0): 3, ("bot", 1): 3}
+    assert not [p for p in front.pulls if p.status == 429]
+    assert metrics.quota_waits.labels(registry="src")._value.get() >= 1
+    quota = metrics.registry_quota_remaining.labels(registry="src", account="")
+    assert quota._value.get() == 1
