@@ -22,8 +22,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -78,6 +78,24 @@ class Slot:
     @property
     def auth(self) -> Authenticator:
         return self.account.auth
+
+
+class _Held:
+    """The async context manager of ``RegistryLimits.slot``."""
+
+    __slots__ = ("_limits", "_method", "_path", "_slot")
+
+    def __init__(self, limits: RegistryLimits, method: str, path: str) -> None:
+        self._limits = limits
+        self._method = method
+        self._path = path
+
+    async def __aenter__(self) -> Slot:
+        self._slot = await self._limits.acquire(self._method, self._path)
+        return self._slot
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._limits.release(self._slot)
 
 
 class _Adaptive:
@@ -204,36 +222,49 @@ class RegistryLimits:
         return self._left_alone(until - now)
 
     # -- before a request ----------------------------------------------------------------
-    @asynccontextmanager
-    async def slot(self, method: str, path: str) -> AsyncIterator[Slot]:
-        """Hold an account, a concurrency slot and a place in the pace for one request."""
+    def slot(self, method: str, path: str) -> _Held:
+        """``async with limits.slot(method, path) as slot``: hold an account, a concurrency
+        slot and a place in the pace for one request (a plain class, not a generator: it
+        sits on every request's path)."""
+        return _Held(self, method, path)
+
+    async def acquire(self, method: str, path: str) -> Slot:
         kind, counted = request_kind(method, path), is_counted(method, path)
         account = await self._account(counted)
         if counted:
             account.budget.in_flight += 1
+        slots = self._slots[kind]
+        acquired = False
         try:
-            slots = self._slots[kind]
             epoch = await slots.acquire()
-            try:
-                if self._bucket is not None:
-                    delay = self._bucket.delay(time.monotonic())
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                if len(self.accounts) > 1:
-                    log.debug(
-                        "%s %s via account %d",
-                        method,
-                        path,
-                        account.index,
-                        extra={"registry": self.registry, "account": account.index},
-                    )
-                yield Slot(kind, counted, account, epoch, time.monotonic())
-            finally:
+            acquired = True
+            if self._bucket is not None:
+                delay = self._bucket.delay(time.monotonic())
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        except BaseException:
+            if acquired:
                 slots.release()
-        finally:
-            if counted:
-                account.budget.in_flight -= 1
-                self._notify()
+            self._unspend(account, counted)
+            raise
+        if len(self.accounts) > 1:
+            log.debug(
+                "%s (%s) via account %d",
+                method,
+                kind,
+                account.index,
+                extra={"registry": self.registry, "account": account.index},
+            )
+        return Slot(kind, counted, account, epoch, time.monotonic())
+
+    def release(self, slot: Slot) -> None:
+        self._slots[slot.kind].release()
+        self._unspend(slot.account, slot.counted)
+
+    def _unspend(self, account: Account, counted: bool) -> None:
+        if counted:
+            account.budget.in_flight -= 1
+            self._notify()
 
     async def _account(self, counted: bool) -> Account:
         waited = False
