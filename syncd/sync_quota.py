@@ -11,11 +11,14 @@ The transport (``syncd.registry.limits``) decides per request; a pass adds two d
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from syncd.config.schema import RuleConfig
-from syncd.errors import RateLimitedError
+from syncd.errors import RateLimitedError, SyncdError
 from syncd.registry.pool import ClientPool
+
+log = logging.getLogger(__name__)
 
 
 def left_alone(pool: ClientPool, rule: RuleConfig) -> RateLimitedError | None:
@@ -41,9 +44,15 @@ async def new_tags_first(
     if not pool.budgeted(rule.source) or len(tags) < 2:
         return list(tags)
     present: list[set[str]] = []
-    for name, repository in targets:
-        client = pool.client(name).with_retries(rule.retries)
-        present.append(set(await client.tags_list(repository, missing_ok=True)))
+    try:
+        for name, repository in targets:
+            client = pool.client(name).with_retries(rule.retries)
+            present.append(set(await client.tags_list(repository, missing_ok=True)))
+    except SyncdError as e:
+        # Only an order is lost: each image meets the same error in its own copy, and is
+        # reported there, one by one.
+        log.debug("cannot list %s/%s to order new tags first: %s", name, repository, e)
+        return list(tags)
     new = [t for t in tags if any(t not in p for p in present)]
     known = set(new)
     return new + [t for t in tags if t not in known]
