@@ -65,7 +65,7 @@ class Account:
     reported: bool = False  # "at the reserve" was logged for the current window
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Slot:
     """What one request holds while it is in flight."""
 
@@ -108,10 +108,17 @@ class _Adaptive:
         self._gauge = gauge
         self._show()
 
-    async def acquire(self) -> int:
+    def try_acquire(self) -> int | None:
+        """The epoch of a slot taken at once, or None when the caller must wait."""
         if self.in_use < self.aimd.limit and not self._waiters:
             self.in_use += 1
             return self.aimd.epoch
+        return None
+
+    async def acquire(self) -> int:
+        epoch = self.try_acquire()
+        if epoch is not None:
+            return epoch
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
@@ -196,6 +203,7 @@ class RegistryLimits:
         }
         self._bucket = TokenBucket(requests_per_second) if requests_per_second else None
         self._changed = asyncio.Event()
+        self._waiting = 0  # requests waiting in _account for a change
 
     # -- what others ask -----------------------------------------------------------------
     @property
@@ -230,13 +238,19 @@ class RegistryLimits:
 
     async def acquire(self, method: str, path: str) -> Slot:
         kind, counted = request_kind(method, path), is_counted(method, path)
-        account = await self._account(counted)
+        # Nearly always the current account is fine: check it before the general search.
+        account = self.accounts[self._current]
+        budget = account.budget
+        now = time.monotonic()
+        if not (budget.spendable(now) if counted else now >= budget.refused_until):
+            account = await self._account(counted)
         if counted:
             account.budget.in_flight += 1
         slots = self._slots[kind]
         acquired = False
         try:
-            epoch = await slots.acquire()
+            taken = slots.try_acquire()
+            epoch = taken if taken is not None else await slots.acquire()
             acquired = True
             if self._bucket is not None:
                 delay = self._bucket.delay(time.monotonic())
@@ -316,13 +330,18 @@ class RegistryLimits:
 
     async def _wait(self, seconds: float) -> None:
         event = self._changed
-        with suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=max(0.0, min(seconds, _RECHECK)))
+        self._waiting += 1
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=max(0.0, min(seconds, _RECHECK)))
+        finally:
+            self._waiting -= 1
 
     def _notify(self) -> None:
         # Wake every waiter, then arm a fresh event for the next round of waiting.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     # -- after the answer ----------------------------------------------------------------
     def answered(self, slot: Slot, status: int, headers: Mapping[str, str]) -> None:
