@@ -470,7 +470,11 @@ Duration = Annotated[float, BeforeValidator(_v_duration)]
 DurationOrZero = Annotated[float, BeforeValidator(_v_duration_or_zero)]
 Cron = Annotated[str, AfterValidator(_v_cron)]
 Count = Annotated[int, Field(ge=1)]
-Reserve = Annotated[QuotaReserve, PlainValidator(_v_reserve)]
+# For the JSON Schema: a whole number of pulls, or a string such as "10%".
+Reserve = Annotated[
+    QuotaReserve,
+    PlainValidator(_v_reserve, json_schema_input_type=Annotated[int, Field(ge=0)] | str),
+]
 
 
 class _Model(BaseModel):
