@@ -140,7 +140,8 @@ def test_retry_after_an_hour_makes_once_exit_1_within_seconds(
     print(f"\nonce against Retry-After: 3600 exited {done.returncode} in {seconds:.1f}s")
     print(done.stdout[-600:])
     assert done.returncode == 1, done.stdout + done.stderr
-    assert seconds < 15
+    # Seconds, not the hour asked for (nor a capped wait of max_retry_wait, 2 minutes).
+    assert seconds < 30
     assert summary(done.stdout)["failed"] == 6
     assert "Retry-After" in done.stdout + done.stderr
     # Left alone: the requests already in flight when the first 429 came back, no more.

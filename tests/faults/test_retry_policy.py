@@ -93,7 +93,6 @@ async def test_a_budget_at_its_reserve_stops_pulls_but_not_heads(
     warnings = [r for r in caplog.records if "down to its reserve" in r.getMessage()]
     assert len(warnings) == 1  # logged once, not per request
     print(f"\nbudget at the reserve: 3 images failed in {seconds:.1f}s, 0 pulls spent")
-    assert seconds < 10
 
 
 async def test_an_unreachable_target_fails_the_pass_after_one_round_of_retries(
