@@ -190,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _secrets_of(config: Config) -> list[str]:
     out = [r.password.reveal() for r in config.registries.values() if r.password]
+    out += [
+        a.password.reveal() for r in config.registries.values() for a in r.credentials if a.password
+    ]
     if config.server.webhook_token:
         out.append(config.server.webhook_token.reveal())
     return out

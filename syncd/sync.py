@@ -31,6 +31,7 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+from syncd.sync_quota import left_alone, new_tags_first
 from syncd.target_bytes import TargetBytes
 
 if TYPE_CHECKING:
@@ -146,11 +147,16 @@ class Syncer:
         for name in rule.targets:
             result.at(name)  # every target appears in the report, even with nothing to do
         source = self.pool.client(rule.source).with_retries(rule.retries)
+        skip = left_alone(self.pool, rule)
         try:
-            repos = await self._repositories(rule, repositories)
+            repos = [] if skip else await self._repositories(rule, repositories)
         except SyncdError as e:
             self._fail_rule(rule, result, rule.source, e, prefix="listing ")
             repos = []
+        if skip:
+            self._fail_rule(
+                rule, result, skip.registry or rule.source, skip, prefix="pass skipped: "
+            )
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
@@ -194,7 +200,9 @@ class Syncer:
         prefix: str = "",
     ) -> None:
         """A listing failed: the rule (or one repository of it) could not be looked at."""
-        text = f"{prefix}{source}: {err}"
+        # A registry error names its registry already; say it once.
+        said = str(err).startswith(f"{source}:")
+        text = f"{prefix}{err}" if said else f"{prefix}{source}: {err}"
         result.failed += 1
         result.failures.append(text)
         result.images_failed.append(ImageFailure.of(source, "", "", err))
@@ -285,6 +293,7 @@ class Syncer:
                         PlanEntry(rule.name, f"{source_name}/{repo}", t, "", "", "", "filtered")
                     )
         targets = tuple((name, target_repository(rule, repo)) for name in rule.targets)
+        tags = await new_tags_first(self.pool, rule, tags, targets)
         for key in targets:
             chosen.setdefault(key, set()).update(tags)
         immutable_present: dict[tuple[str, str], set[str]] = {}
@@ -536,8 +545,7 @@ async def open_syncer(
     track_target_bytes: bool = True,
     probe_up_to_date: bool = True,
 ) -> AsyncIterator[Syncer]:
-    """A Syncer with one HTTP session per registry, closed on exit.
-
+    """A Syncer with one HTTP session per registry, closed on exit;
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
     the once-per-registry referrers-API probe; see ``ReferrerSync``.
     """

@@ -33,6 +33,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     SecretStr,
     ValidationError,
     field_validator,
@@ -43,8 +44,11 @@ from syncd.config.schema import (
     DEFAULT_CONCURRENCY,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_RETRIES,
+    AccountConfig,
     Config,
+    QuotaReserve,
     RegistryConfig,
     RuleConfig,
     ServerConfig,
@@ -416,6 +420,29 @@ def _v_url(value: str) -> str:
     return value
 
 
+def _v_reserve(value: Any) -> QuotaReserve:
+    """``quota_reserve``: a whole number of pulls, or a percentage of the budget (``10%``)."""
+    expected = "a number of pulls (e.g. 20) or a percentage of the budget (e.g. '10%')"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return QuotaReserve(float(value), percent=False)
+    if isinstance(value, str):
+        text = value.strip()
+        number = text.removesuffix("%").strip()
+        try:
+            amount = float(number)
+        except ValueError:
+            raise ValueError(f"invalid quota_reserve {_show(value)}: {expected}") from None
+        if text.endswith("%") and 0 <= amount < 100:
+            return QuotaReserve(amount, percent=True)
+        if not text.endswith("%") and amount >= 0 and amount.is_integer():
+            return QuotaReserve(amount, percent=False)
+        raise ValueError(
+            f"invalid quota_reserve {_show(value)}: a percentage from 0% to below 100%, or a "
+            "whole number of pulls"
+        )
+    raise ValueError(f"invalid quota_reserve: expected {expected}, got {_kind(value)}")
+
+
 def _v_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     ok = bool(sep and host) and port.isdigit() and int(port) < 65536
@@ -448,11 +475,24 @@ DurationOrZero = Annotated[
 ]
 Cron = Annotated[str, AfterValidator(_v_cron)]
 Count = Annotated[int, Field(ge=1)]
+# For the JSON Schema: a whole number of pulls, or a string such as "10%".
+Reserve = Annotated[
+    QuotaReserve,
+    PlainValidator(_v_reserve, json_schema_input_type=Annotated[int, Field(ge=0)] | str),
+]
 
 
 class _Model(BaseModel):
     # hide_input_in_errors: even a ValidationError printed by accident shows no values.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
+
+
+class AccountModel(_Model):
+    """``registries.<name>.credentials[i]``: one account of several."""
+
+    username: NonEmpty
+    password: Annotated[SecretStr, Field(min_length=1)] | None = None
+    password_file: NonEmpty | None = None
 
 
 class RegistryModel(_Model):
@@ -469,6 +509,10 @@ class RegistryModel(_Model):
     client_key: NonEmpty | None = None
     max_concurrency: Count = DEFAULT_MAX_CONCURRENCY
     allow_insecure_auth: bool = False
+    credentials: Annotated[list[AccountModel], Field(min_length=1)] | None = None
+    quota_reserve: Reserve | None = None
+    requests_per_second: Annotated[float, Field(gt=0)] | None = None
+    max_retry_wait: Duration | None = None
 
 
 class DefaultsModel(_Model):
@@ -479,6 +523,8 @@ class DefaultsModel(_Model):
     retries: Count | None = None
     concurrency: Count | None = None
     target_recheck: DurationOrZero | None = None
+    # Applies to registries (not rules): the default of their own max_retry_wait.
+    max_retry_wait: Duration | None = None
 
 
 class TagsModel(_Model):
@@ -566,6 +612,8 @@ def _model_at(loc: Path) -> type[BaseModel] | None:
             return ConfigModel
         case ("registries", _):
             return RegistryModel
+        case ("registries", _, "credentials", int()):
+            return AccountModel
         case ("defaults",):
             return DefaultsModel
         case ("server",):
@@ -618,6 +666,8 @@ def _error_message(err: ErrorDetails) -> str:
             return "must not be empty"
         case "greater_than_equal":
             return f"must be at least {ctx.get('ge')}"
+        case "greater_than":
+            return f"must be more than {ctx.get('gt')}"
         case "value_error":
             return str(err["msg"]).removeprefix("Value error, ")
     return str(err["msg"])
@@ -790,16 +840,46 @@ class _Loader:
         if "client_key" in reg and "client_cert" not in reg:
             self.add((*path, "client_key"), "client_key needs client_cert", at_key=True)
         for key in ("password_file", "ca_file", "client_cert", "client_key"):
-            if not self.check_files:
-                break
-            value = reg.get(key)
-            if not isinstance(value, str) or not value or (*path, key) in self.doc.broken:
+            self._check_file(path, reg, key)
+        self._check_accounts(path, reg)
+
+    def _check_accounts(self, path: Path, reg: dict[str, Any]) -> None:
+        """``credentials``: instead of the single-account keys; each entry one secret."""
+        accounts = reg.get("credentials")
+        if not isinstance(accounts, list):
+            return
+        for key in ("username", "password", "password_file", "docker_config"):
+            if key in reg:
+                self.add(
+                    (*path, key),
+                    f"set either credentials (several accounts) or {key}, not both",
+                    at_key=True,
+                )
+        for i, entry in enumerate(accounts):
+            if not isinstance(entry, dict):
                 continue
-            full = self._resolve(value)
-            if not os.path.isfile(full):
-                self.add((*path, key), f"{key} {_show(value)} does not exist or is not a file")
-            elif not os.access(full, os.R_OK):
-                self.add((*path, key), f"{key} {_show(value)} is not readable")
+            where = (*path, "credentials", i)
+            if "password" in entry and "password_file" in entry:
+                self.add(
+                    (*where, "password_file"),
+                    "set either password or password_file, not both",
+                    at_key=True,
+                )
+            elif "password" not in entry and "password_file" not in entry:
+                self.add(where, "an account needs a password or a password_file")
+            self._check_file(where, entry, "password_file")
+
+    def _check_file(self, path: Path, section: dict[str, Any], key: str) -> None:
+        value = section.get(key)
+        if not self.check_files or not isinstance(value, str) or not value:
+            return
+        if (*path, key) in self.doc.broken:
+            return
+        full = self._resolve(value)
+        if not os.path.isfile(full):
+            self.add((*path, key), f"{key} {_show(value)} does not exist or is not a file")
+        elif not os.access(full, os.R_OK):
+            self.add((*path, key), f"{key} {_show(value)} is not readable")
 
     def _interval_and_schedule(self, path: Path, section: dict[str, Any]) -> None:
         if "interval" in section and "schedule" in section:
@@ -910,6 +990,8 @@ class _Loader:
     # -- result ------------------------------------------------------------------------
 
     def build(self, model: ConfigModel) -> Config:
+        defaults = model.defaults or DefaultsModel()
+        retry_wait = defaults.max_retry_wait or DEFAULT_MAX_RETRY_WAIT
         registries = {
             name: RegistryConfig(
                 name=name,
@@ -924,10 +1006,20 @@ class _Loader:
                 client_key=self._resolve(reg.client_key) if reg.client_key else None,
                 max_concurrency=reg.max_concurrency,
                 allow_insecure_auth=reg.allow_insecure_auth,
+                credentials=tuple(
+                    AccountConfig(
+                        a.username,
+                        Secret(a.password.get_secret_value()) if a.password else None,
+                        self._resolve(a.password_file) if a.password_file else None,
+                    )
+                    for a in reg.credentials or ()
+                ),
+                quota_reserve=reg.quota_reserve,
+                requests_per_second=reg.requests_per_second,
+                max_retry_wait=reg.max_retry_wait or retry_wait,
             )
             for name, reg in model.registries.items()
         }
-        defaults = model.defaults or DefaultsModel()
         rules = tuple(_rule(r, defaults) for r in model.rules)
         server = model.server or ServerModel()
         return Config(

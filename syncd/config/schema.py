@@ -15,6 +15,28 @@ DEFAULT_INTERVAL = 300.0
 DEFAULT_RETRIES = 5
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_CONCURRENCY = 8
+# A Retry-After longer than this fails the request at once instead of stalling the pass.
+DEFAULT_MAX_RETRY_WAIT = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """One entry of a registry's ``credentials``: an account used in turn with the others."""
+
+    username: str
+    password: Secret | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaReserve:
+    """``quota_reserve``: pulls kept back from a registry's budget, a count or a percentage."""
+
+    amount: float = 10.0
+    percent: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else f"{self.amount:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +55,12 @@ class RegistryConfig:
     client_key: str | None = None
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     allow_insecure_auth: bool = False
+    # Several accounts, used in turn when one's pull budget is spent (instead of username).
+    credentials: tuple[AccountConfig, ...] = ()
+    # None: the default reserve (10%), and no budget is assumed until the registry sends one.
+    quota_reserve: QuotaReserve | None = None
+    requests_per_second: float | None = None
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
 
     @property
     def scheme(self) -> str:

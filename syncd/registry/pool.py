@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 
 from syncd import USER_AGENT
 from syncd.config.schema import RegistryConfig
+from syncd.errors import RateLimitedError
 from syncd.registry.auth import Authenticator, is_loopback
 from syncd.registry.client import RegistryClient
-from syncd.registry.credentials import credential_source
+from syncd.registry.credentials import account_sources
+from syncd.registry.limits import RegistryLimits
 from syncd.registry.tls import ssl_context
 from syncd.registry.transport import Transport
 
@@ -49,10 +51,10 @@ class ClientPool:
         reg = self.configs[name]
         # Built first: a bad ca_file or client certificate is a ConfigError before any I/O.
         tls = ssl_context(reg)
-        source = credential_source(reg)
+        sources = account_sources(reg)
         insecure = reg.scheme == "http" and not is_loopback(reg.host)
         allow = not insecure or reg.allow_insecure_auth
-        has_creds = bool(reg.password or reg.password_file or reg.docker_config)
+        has_creds = bool(reg.password or reg.password_file or reg.docker_config or reg.credentials)
         if insecure and has_creds and not reg.allow_insecure_auth:
             log.warning(
                 "registry %s is plain http on a non-loopback host: credentials will not be "
@@ -66,18 +68,34 @@ class ClientPool:
                 name,
                 extra={"registry": name},
             )
-        auth = Authenticator(
+        auths = [
+            Authenticator(
+                registry=name,
+                registry_host=reg.host,
+                credentials=source.get,
+                allow_credentials=allow,
+                allow_insecure_auth=reg.allow_insecure_auth,
+                on_refused=source.invalidate,
+            )
+            for source in sources
+        ]
+        reserve = reg.quota_reserve
+        limits = RegistryLimits(
             registry=name,
-            registry_host=reg.host,
-            credentials=source.get,
-            allow_credentials=allow,
-            allow_insecure_auth=reg.allow_insecure_auth,
-            on_refused=source.invalidate,
+            authenticators=auths,
+            max_concurrency=reg.max_concurrency,
+            max_retry_wait=reg.max_retry_wait,
+            reserve=(reserve.amount, reserve.percent) if reserve else (10.0, True),
+            requests_per_second=reg.requests_per_second,
+            metrics=self._metrics,
+            # An operator who sets a reserve or several accounts expects a budget.
+            budgeted=reserve is not None or len(auths) > 1,
         )
         transport = Transport(
             name=name,
             base_url=reg.base_url,
-            authenticator=auth,
+            authenticator=auths[0],
+            limits=limits,
             metrics=self._metrics,
             ssl=tls,
             max_concurrency=reg.max_concurrency,
@@ -87,6 +105,15 @@ class ClientPool:
         )
         client = self._clients[name] = RegistryClient(transport)
         return client
+
+    def rate_limited(self, name: str) -> RateLimitedError | None:
+        """Why registry ``name`` must be left alone for now (a long Retry-After), if it must."""
+        client = self._clients.get(name)
+        return client.transport.limits.blocked() if client is not None else None
+
+    def budgeted(self, name: str) -> bool:
+        """Whether pulls from registry ``name`` are scarce (a pull budget applies)."""
+        return self.client(name).transport.limits.budgeted
 
     async def aclose(self) -> None:
         for client in self._clients.values():
