@@ -1,4 +1,8 @@
-"""One ``RegistryClient`` per configured registry, for the life of the process."""
+"""One client per configured registry, for the life of the process.
+
+A registry whose url is an OCI image layout (``oci:PATH``, ``oci-archive:FILE``) gets a
+``LayoutClient``, which answers the same methods from the file system.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from syncd import USER_AGENT
 from syncd.config.schema import RegistryConfig
+from syncd.layout import LayoutClient
 from syncd.registry.auth import Authenticator, is_loopback
 from syncd.registry.client import RegistryClient
 from syncd.registry.credentials import credential_source
@@ -21,7 +26,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-__all__ = ["ClientPool", "is_loopback"]
+__all__ = ["AnyClient", "ClientPool", "is_loopback"]
+
+# Where images live: a registry, or an OCI image layout on disk.
+AnyClient = RegistryClient | LayoutClient
 
 
 class ClientPool:
@@ -39,14 +47,19 @@ class ClientPool:
         self._metrics = metrics
         self._retries = retries
         self._user_agent = user_agent
-        self._clients: dict[str, RegistryClient] = {}
+        self._clients: dict[str, AnyClient] = {}
 
-    def client(self, name: str) -> RegistryClient:
+    def client(self, name: str) -> AnyClient:
         """The shared client of registry ``name`` (created on first use)."""
         existing = self._clients.get(name)
         if existing is not None:
             return existing
         reg = self.configs[name]
+        if reg.layout is not None:
+            layout = self._clients[name] = LayoutClient(
+                name, reg.url, metrics=self._metrics, retries=self._retries
+            )
+            return layout
         # Built first: a bad ca_file or client certificate is a ConfigError before any I/O.
         tls = ssl_context(reg)
         source = credential_source(reg)
@@ -90,7 +103,10 @@ class ClientPool:
 
     async def aclose(self) -> None:
         for client in self._clients.values():
-            await client.transport.aclose()
+            if isinstance(client, LayoutClient):
+                await client.aclose()
+            else:
+                await client.transport.aclose()
         self._clients.clear()
 
     async def __aenter__(self) -> ClientPool:

@@ -22,7 +22,13 @@ L0 = {
     "syncd.secret",
     "syncd.durations",
 }
-L1_PREFIXES = ("syncd.config.load", "syncd.registry", "syncd.metrics", "syncd.logs")
+L1_PREFIXES = (
+    "syncd.config.load",
+    "syncd.registry",
+    "syncd.layout",
+    "syncd.metrics",
+    "syncd.logs",
+)
 L2_PREFIXES = (
     "syncd.copy",
     "syncd.blobs",
