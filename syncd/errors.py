@@ -147,6 +147,14 @@ class LayoutInvalidError(ServerError):
     retryable = False
 
 
+class LayoutIOError(ServerError):
+    """The file system refused a layout operation (permissions, no space, a file where a
+    directory must be). The message names the path."""
+
+    reason = "layout_io"
+    retryable = False
+
+
 class ClientRequestError(RegistryError):
     """Another 4xx: the request itself was refused and repeating it will not help."""
 

@@ -23,10 +23,10 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncd.config.schema import layout_url
 from syncd.digest import digest_of
@@ -34,6 +34,7 @@ from syncd.errors import (
     ClientRequestError,
     DigestMismatchError,
     LayoutInvalidError,
+    LayoutIOError,
     ManifestInvalidError,
     NotFoundError,
 )
@@ -48,6 +49,7 @@ from syncd.registry.transport import BodyFactory
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
+T = TypeVar("T")
 CHUNK_SIZE = 1024 * 1024
 DEFAULT_RETRIES = 5
 
@@ -132,7 +134,7 @@ class LayoutClient:
     async def ping(self) -> None:
         """Check the layout can be read: the directory exists, or the archive scans."""
         if self._state.directory is not None:
-            if not await asyncio.to_thread(os.path.isdir, self._state.path):
+            if not await self._io(os.path.isdir, self._state.path):
                 raise NotFoundError(f"{self._state.path} is not a directory", registry=self.name)
         else:
             await self._contents()
@@ -142,9 +144,20 @@ class LayoutClient:
         uploads = list(self._state.uploads.values())
         self._state.uploads.clear()
         for u in uploads:
-            await asyncio.to_thread(u.tmp.discard)
+            await self._io(u.tmp.discard)
 
     # -- helpers -------------------------------------------------------------------------
+    async def _io(self, fn: Callable[..., T], *args: Any, repository: str = "") -> T:
+        """Run blocking file work in a thread; an ``OSError`` becomes ``LayoutIOError``
+        naming the path, so a full disk fails images, never the pass."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except OSError as e:
+            where = e.filename or self._state.path
+            raise LayoutIOError(
+                f"{where}: {e.strerror or e}", registry=self.name, repository=repository
+            ) from None
+
     def _dir(self) -> LayoutDirectory:
         d = self._state.directory
         if d is None:
@@ -157,12 +170,11 @@ class LayoutClient:
     async def _contents(self) -> tar.ArchiveContents:
         """The archive's scan, redone when the file changed since the last one."""
         st = self._state
-        try:
-            now = await asyncio.to_thread(os.stat, st.path)
-        except FileNotFoundError:
-            raise LayoutInvalidError(f"{st.path} is missing", registry=self.name) from None
-        if st.contents is None or st.contents.stamp != (now.st_size, now.st_mtime_ns):
-            st.contents = await asyncio.to_thread(tar.scan, st.path)
+        now = await self._io(_stamp_or_none, st.path)
+        if now is None:
+            raise LayoutInvalidError(f"{st.path} is missing", registry=self.name)
+        if st.contents is None or st.contents.stamp != now:
+            st.contents = await self._io(tar.scan, st.path)
         return st.contents
 
     async def _clean(self, repository: str) -> None:
@@ -171,15 +183,15 @@ class LayoutClient:
         if d is None or repository in self._state.cleaned:
             return
         self._state.cleaned.add(repository)
-        with contextlib.suppress(OSError, LayoutInvalidError):
-            await asyncio.to_thread(d.clean, repository)
+        with contextlib.suppress(LayoutIOError, LayoutInvalidError):
+            await self._io(d.clean, repository)
 
     def _lock(self, repository: str) -> asyncio.Lock:
         return self._state.locks.setdefault(repository, asyncio.Lock())
 
     async def _tags(self, repository: str) -> dict[str, dict[str, Any]] | None:
         if self._state.directory is not None:
-            return await asyncio.to_thread(self._state.directory.tags, repository)
+            return await self._io(self._state.directory.tags, repository)
         return (await self._contents()).images.get(repository)
 
     def _check_digest(self, digest: str) -> None:
@@ -192,11 +204,8 @@ class LayoutClient:
         rel = fs.blob_relpath(digest)
         if self._state.directory is not None:
             path = self._state.directory.blob_path(repository, digest)
-            try:
-                size = (await asyncio.to_thread(os.stat, path)).st_size
-            except FileNotFoundError:
-                return None
-            return path, 0, size, path
+            size = await self._io(_size_or_none, path)
+            return None if size is None else (path, 0, size, path)
         contents = await self._contents()
         member = contents.members.get(rel)
         if member is None:
@@ -214,7 +223,7 @@ class LayoutClient:
                 registry=self.name,
                 repository=repository,
             )
-        data = await asyncio.to_thread(_read_range, path, offset, size)
+        data = await self._io(_read_range, path, offset, size)
         actual = digest_of(data) if digest.startswith("sha256:") else _digest(data, digest)
         if actual != digest:
             raise DigestMismatchError(shown, digest, actual)
@@ -234,7 +243,6 @@ class LayoutClient:
         A tag whose manifest blob is missing raises ``LayoutInvalidError`` naming the file
         (at a target the copy engine then writes the tag again).
         """
-        await self._clean(repository)
         entry = await self._resolve(repository, reference)
         if entry is None:
             return None
@@ -265,7 +273,6 @@ class LayoutClient:
         self, repository: str, reference: str, *, absent_ok: bool = False
     ) -> Manifest:
         """The exact manifest bytes, parsed, verified against the digest naming them."""
-        await self._clean(repository)
         entry = await self._resolve(repository, reference)
         where = f"{self.name}/{repository}"
         if entry is None:
@@ -291,24 +298,25 @@ class LayoutClient:
         layout yet, so no tag can name an incomplete image.
         """
         d = self._dir()
+        await self._clean(repository)
         digest = digest_of(raw)
         target = f"{self.name}/{repository}:{reference}"
         if DIGEST_RE.match(reference) and reference != digest:
             raise DigestMismatchError(f"{target} (pushed manifest)", reference, digest)
         m = parse_manifest(raw, media_type, where=target)
         needed = [b.digest for b in m.blobs] + [c.digest for c in m.children]
-        missing = await asyncio.to_thread(d.missing, repository, needed) if needed else []
+        missing = await self._io(d.missing, repository, needed) if needed else []
         if missing:
             raise ClientRequestError(
                 f"manifest {digest} references what the layout lacks: {', '.join(missing)}",
                 registry=self.name,
                 repository=repository,
             )
-        await asyncio.to_thread(d.put_blob_bytes, repository, digest, raw)
+        await self._io(d.put_blob_bytes, repository, digest, raw)
         if not DIGEST_RE.match(reference):
             descriptor = {"mediaType": m.media_type, "digest": digest, "size": len(raw)}
             async with self._lock(repository):
-                await asyncio.to_thread(d.set_tag, repository, reference, descriptor)
+                await self._io(d.set_tag, repository, reference, descriptor)
         return digest
 
     # -- blobs ---------------------------------------------------------------------------
@@ -332,20 +340,20 @@ class LayoutClient:
                 repository=repository,
             )
         path, start, length, shown = place
-        f = await asyncio.to_thread(open, path, "rb")
+        f = await self._io(open, path, "rb")
         try:
             yield self._chunks(f, start, length, offset, digest, shown)
         finally:
-            await asyncio.to_thread(f.close)
+            await self._io(f.close)
 
     async def _chunks(
         self, f: Any, start: int, length: int, offset: int, digest: str, shown: str
     ) -> AsyncIterator[bytes]:
         h = hashlib.new(digest.partition(":")[0]) if offset == 0 else None
-        await asyncio.to_thread(f.seek, start + offset)
+        await self._io(f.seek, start + offset)
         left = length - offset
         while left > 0:
-            chunk = await asyncio.to_thread(f.read, min(CHUNK_SIZE, left))
+            chunk = await self._io(f.read, min(CHUNK_SIZE, left))
             if not chunk:
                 raise LayoutInvalidError(f"{shown} is cut short", registry=self.name)
             left -= len(chunk)
@@ -360,7 +368,8 @@ class LayoutClient:
         none) an upload session, as a registry opens one when it declines a mount."""
         d = self._dir()
         self._check_digest(digest)
-        if await asyncio.to_thread(d.mount, repository, digest, from_repository):
+        await self._clean(repository)
+        if await self._io(d.mount, repository, digest, from_repository):
             return None
         return await self.upload_start(repository)
 
@@ -373,7 +382,7 @@ class LayoutClient:
             layout = d.prepare(repository)
             return fs.temp_file(layout, "blob")
 
-        tmp = await asyncio.to_thread(start)
+        tmp = await self._io(start)
         location = f"layout-upload:{uuid.uuid4().hex}"
         self._state.uploads[location] = _Upload(repository, tmp, hashlib.sha256())
         return location
@@ -389,10 +398,10 @@ class LayoutClient:
     async def _append(self, u: _Upload, body: bytes | BodyFactory, length: int) -> None:
         before = u.size
         if isinstance(body, bytes):
-            await asyncio.to_thread(u.write, body)
+            await self._io(u.write, body)
         else:
             async for piece in body():
-                await asyncio.to_thread(u.write, piece)
+                await self._io(u.write, piece)
         if u.size - before != length:
             raise ClientRequestError(
                 f"upload body was {u.size - before} bytes, not {length}",
@@ -443,7 +452,7 @@ class LayoutClient:
         actual = f"sha256:{u.hasher.hexdigest()}"
         if actual != digest:
             del self._state.uploads[location]
-            await asyncio.to_thread(u.tmp.discard)
+            await self._io(u.tmp.discard)
             raise DigestMismatchError(f"{self.name}/{repository} (uploaded blob)", digest, actual)
         final = d.blob_path(repository, digest)
 
@@ -453,9 +462,9 @@ class LayoutClient:
 
         del self._state.uploads[location]
         try:
-            await asyncio.to_thread(commit)
+            await self._io(commit)
         except BaseException:
-            await asyncio.to_thread(u.tmp.discard)
+            await self._io(u.tmp.discard)
             raise
 
     async def upload_status(self, repository: str, location: str) -> tuple[int, str]:
@@ -465,7 +474,7 @@ class LayoutClient:
     async def upload_cancel(self, repository: str, location: str) -> None:
         u = self._state.uploads.pop(location, None)
         if u is not None:
-            await asyncio.to_thread(u.tmp.discard)
+            await self._io(u.tmp.discard)
 
     # -- listings --------------------------------------------------------------------------
     async def tags_list(self, repository: str, *, missing_ok: bool = True) -> list[str]:
@@ -484,7 +493,7 @@ class LayoutClient:
     async def catalog(self) -> list[str]:
         """Every repository: layouts found under the root, or the names in the archive."""
         if self._state.directory is not None:
-            return await asyncio.to_thread(self._state.directory.repositories)
+            return await self._io(self._state.directory.repositories)
         return sorted((await self._contents()).images)
 
     # -- referrers ---------------------------------------------------------------------------
@@ -493,6 +502,21 @@ class LayoutClient:
     ) -> Manifest | None:
         """A layout has no referrers API: the ``sha256-<hex>`` tag schema stands in."""
         return None
+
+
+def _size_or_none(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _stamp_or_none(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def _read_range(path: str, offset: int, size: int) -> bytes:

@@ -108,3 +108,18 @@ async def test_metrics_and_plan_name_the_layout_like_a_registry(
     assert sample("syncd_target_bytes", target="t0", repository="team/app") == sum(
         len(b.data) for b in img.blobs
     )
+
+
+async def test_a_file_system_error_fails_that_image_not_the_pass(
+    source: Registry, tmp_path: Path
+) -> None:
+    push(source.url, "app", "v1", image("fs-1"))
+    push(source.url, "tool", "v1", image("fs-2"))
+    oci = tmp_path / "oci"
+    oci.mkdir()
+    (oci / "app").write_text("a file where the layout's directory would go")
+    result = await passes.sync(passes.make_config(source, [f"oci:{oci}"], ["app", "tool"]))
+    assert (result.synced, result.failed) == (1, 1), result.failures
+    [failure] = result.failures
+    assert "app:v1" in failure and str(oci / "app") in failure
+    assert layout_tags(oci / "tool") == {"v1": image("fs-2").digest}
