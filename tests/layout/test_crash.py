@@ -104,3 +104,38 @@ def test_sigkill_mid_blob_leaves_a_valid_layout_and_the_next_pass_completes(
     validate_layout(layout, ["v0", "v1"], images=["v0", "v1"], strict=True)
     skopeo_copy(f"oci:{layout}:v1", f"docker://{other.host}/app:v1")
     assert manifest_raw(other.url, "app", "v1") == big.raw
+
+
+def test_two_processes_writing_one_layout_lose_no_tag(source: Registry, tmp_path: Path) -> None:
+    """Two ``syncd once`` at the same time into one repository's layout: the file lock on
+    the layout serialises their index.json updates, so every tag of both ends up there."""
+    images = {}
+    for prefix in ("v", "w"):
+        for i in range(20):
+            img = image(f"two-{prefix}{i}", layers=1, size=512)
+            push(source.url, "app", f"{prefix}{i}", img)
+            images[f"{prefix}{i}"] = img.digest
+    oci = tmp_path / "oci"
+    procs = []
+    for prefix in ("v", "w"):
+        cfg = write_config(
+            tmp_path / f"{prefix}.yaml",
+            {"src": source.url, "disk": f"oci:{oci}"},
+            "src",
+            ["disk"],
+            repositories=["app"],
+            tags={"include": [f"^{prefix}"]},
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "syncd", "-c", str(cfg), "once"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out
+    assert layout_tags(oci / "app") == images
+    validate_layout(oci / "app", sorted(images), images=["v0", "w0"], strict=True)
