@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -52,6 +53,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 CHUNK_SIZE = 1024 * 1024
 DEFAULT_RETRIES = 5
+# An upload session nobody wrote to for this long was abandoned (the blob mover starts a
+# fresh session after a failed monolithic upload without cancelling the old one, as a
+# registry's upload purging would reclaim it); its file is removed, so a daemon does not
+# collect them.
+UPLOAD_IDLE = 900.0
 
 
 @dataclass(slots=True)
@@ -60,11 +66,13 @@ class _Upload:
     tmp: fs.TempFile
     hasher: Any
     size: int = 0
+    used: float = field(default_factory=time.monotonic)
 
     def write(self, data: bytes) -> None:
         self.tmp.write(data)
         self.hasher.update(data)
         self.size += len(data)
+        self.used = time.monotonic()
 
 
 @dataclass(slots=True)
@@ -382,6 +390,11 @@ class LayoutClient:
             layout = d.prepare(repository)
             return fs.temp_file(layout, "blob")
 
+        now = time.monotonic()
+        for loc, old in list(self._state.uploads.items()):
+            if now - old.used > UPLOAD_IDLE:
+                del self._state.uploads[loc]
+                await self._io(old.tmp.discard)
         tmp = await self._io(start)
         location = f"layout-upload:{uuid.uuid4().hex}"
         self._state.uploads[location] = _Upload(repository, tmp, hashlib.sha256())

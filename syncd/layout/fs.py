@@ -187,12 +187,12 @@ def layout_lock(layout: str) -> Any:
 
 
 def ensure_layout(layout: str) -> None:
-    """Create an empty layout (``oci-layout``, ``index.json``, ``blobs/sha256``) if absent."""
-    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    """Create an empty layout (``blobs/sha256``, ``index.json``, then ``oci-layout``: a
+    reader that finds the marker finds the rest) where parts of one are missing."""
     marker = os.path.join(layout, OCI_LAYOUT)
-    if not os.path.exists(marker):
-        doc = {"imageLayoutVersion": LAYOUT_VERSION}
-        write_atomic(layout, marker, json.dumps(doc).encode())
+    if os.path.exists(marker):
+        return
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
     index = os.path.join(layout, INDEX_JSON)
     if not os.path.exists(index):
         empty = {
@@ -201,7 +201,8 @@ def ensure_layout(layout: str) -> None:
             "manifests": [],
         }
         write_atomic(layout, index, json.dumps(empty, indent=2).encode())
-    fsync_dir(layout)
+    write_atomic(layout, marker, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+    fsync_dir(os.path.dirname(layout))
 
 
 def check_layout(layout: str) -> None:
