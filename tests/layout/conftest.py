@@ -135,12 +135,16 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def docker_save_archive(path: Path, images: list[tuple[str, str, Image | Index]]) -> Path:
+def docker_save_archive(
+    path: Path, images: list[tuple[str, str, Image | Index]], *, leave_out: Index | None = None
+) -> Path:
     """A tar laid out as ``docker save`` of Docker 25+ writes it: ``oci-layout``,
     ``index.json`` whose entries carry ``io.containerd.image.name`` (the full name) and
     ``ref.name`` (the tag), ``blobs/sha256/``, and the legacy ``manifest.json``.
 
     ``images``: (full name such as ``docker.io/library/app``, tag, image or index).
+    ``leave_out``: an index whose children after the first are left out (manifests and
+    blobs), as Docker's containerd store saves only the platforms pulled locally.
     """
     blobs: dict[str, bytes] = {}
     entries = []
@@ -168,6 +172,10 @@ def docker_save_archive(path: Path, images: list[tuple[str, str, Image | Index]]
                     "Layers": [f"blobs/sha256/{b.digest[7:]}" for b in img.layers],
                 }
             )
+    if leave_out is not None:
+        for child, _ in leave_out.children[1:]:
+            for d in [child.digest, *(b.digest for b in child.blobs)]:
+                blobs.pop(d, None)
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json"}
     index["manifests"] = entries  # type: ignore[assignment]
     with tarfile.open(path, "w") as tar:

@@ -101,3 +101,24 @@ async def test_corrupt_blob_in_archive_names_archive_and_member(
     assert f"{archive}:blobs/sha256/{digest[7:]}" in failure and "digest mismatch" in failure
     assert tags(target.url, "bad") == []
     assert manifest_raw(target.url, "good", "1") == good.raw
+
+
+async def test_partial_index_from_docker_save_needs_a_platform_filter(
+    target: Registry, tmp_path: Path
+) -> None:
+    multi = multiarch("ds-partial")  # linux/amd64 saved, linux/arm64 left out
+    archive = docker_save_archive(
+        tmp_path / "images.tar", [("docker.io/library/app", "1", multi)], leave_out=multi
+    )
+    arm64 = multi.children[1][0]
+    whole = await passes.sync(passes.make_config(f"oci-archive:{archive}", [target], ["**"]))
+    assert whole.failed == 1
+    assert f"blobs/sha256/{arm64.digest[7:]} is missing" in whole.failures[0]
+    assert tags(target.url, "library/app") == []
+
+    cfg = passes.make_config(f"oci-archive:{archive}", [target], ["**"], platforms=("linux/amd64",))
+    result = await passes.sync(cfg)
+    assert (result.synced, result.failed) == (1, 0), result.failures
+    amd64 = multi.children[0][0]
+    assert manifest_raw(target.url, "library/app", amd64.digest) == amd64.raw
+    assert tags(target.url, "library/app") == ["1"]
