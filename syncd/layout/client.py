@@ -238,11 +238,36 @@ class LayoutClient:
         return data, shown
 
     async def _resolve(self, repository: str, reference: str) -> dict[str, Any] | None:
-        """The index descriptor of a tag (None if absent); a digest stands for itself."""
+        """The index descriptor of a tag (None if absent); a digest stands for itself.
+
+        A malformed descriptor fails that tag, naming the index file.
+        """
         if DIGEST_RE.match(reference):
             return {"digest": reference}
         tags = await self._tags(repository)
-        return tags.get(reference) if tags else None
+        entry = tags.get(reference) if tags else None
+        if entry is None:
+            return None
+        digest, size = entry.get("digest"), entry.get("size")
+        if (
+            not isinstance(digest, str)
+            or not DIGEST_RE.match(digest)
+            or not isinstance(size, int)
+            or isinstance(size, bool)
+            or not isinstance(entry.get("mediaType", ""), str)
+        ):
+            raise LayoutInvalidError(
+                f"{self._index_name(repository)}: the entry of tag {reference} is not a valid "
+                "descriptor (digest, size, mediaType)",
+                registry=self.name,
+                repository=repository,
+            )
+        return entry
+
+    def _index_name(self, repository: str) -> str:
+        if self._state.directory is not None:
+            return os.path.join(self._state.directory.layout(repository), fs.INDEX_JSON)
+        return f"{self._state.path}:{fs.INDEX_JSON}"
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest_head(self, repository: str, reference: str) -> ManifestInfo | None:

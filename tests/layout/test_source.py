@@ -108,3 +108,19 @@ async def test_invalid_layout_fails_its_repository_naming_the_file(
     [failure] = result.failures
     assert str(oci / "app") in failure and named in failure
     assert manifest_raw(target.url, "tool", "1.0") == manifest_raw(seed.url, "tool", "1.0")
+
+
+async def test_malformed_index_entry_fails_that_tag_naming_index_json(
+    seeded: tuple[Registry, Path], target: Registry
+) -> None:
+    seed, oci = seeded
+    index = oci / "app" / "index.json"
+    doc = json.loads(index.read_text())
+    for e in doc["manifests"]:
+        if e["annotations"]["org.opencontainers.image.ref.name"] == "v1":
+            e["size"] = "big"
+    index.write_text(json.dumps(doc))
+    result = await passes.sync(passes.make_config(f"oci:{oci}", [target], ["app"]))
+    assert (result.synced, result.failed) == (1, 1), result.failures
+    assert f"{index}: the entry of tag v1 is not a valid descriptor" in result.failures[0]
+    assert manifest_raw(target.url, "app", "v2") == manifest_raw(seed.url, "app", "v2")
