@@ -53,6 +53,7 @@ from syncd.config.schema import (
     RuleConfig,
     ServerConfig,
     TagFilter,
+    layout_url,
 )
 from syncd.durations import parse_duration
 from syncd.errors import ConfigError, ConfigProblem, InvalidReferenceError
@@ -402,7 +403,15 @@ def _v_media_type(value: str) -> str:
 
 
 def _v_url(value: str) -> str:
-    expected = "write http://HOST[:PORT], https://HOST[:PORT] or HOST[:PORT]"
+    expected = (
+        "write http://HOST[:PORT], https://HOST[:PORT], HOST[:PORT], oci:DIRECTORY or "
+        "oci-archive:FILE"
+    )
+    layout = layout_url(value)
+    if layout is not None:
+        if not layout[1].strip():
+            raise ValueError(f"{layout[0]}: needs a path, e.g. {layout[0]}:/srv/images")
+        return value
     rest = value
     if "://" in value:
         scheme, _, rest = value.partition("://")
@@ -461,6 +470,19 @@ def _unique(values: list[str]) -> list[str]:
         seen.add(v)
     return values
 
+
+# Keys of a registry that mean nothing for an OCI image layout.
+_NOT_FOR_LAYOUTS = (
+    "username",
+    "password",
+    "password_file",
+    "docker_config",
+    "ca_file",
+    "tls_verify",
+    "client_cert",
+    "client_key",
+    "allow_insecure_auth",
+)
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 Regex = Annotated[str, AfterValidator(_v_regex)]
@@ -828,6 +850,8 @@ class _Loader:
             )
         if not isinstance(reg, dict):
             return
+        if self._check_layout(path, reg):
+            return
         if "password" in reg and "password_file" in reg:
             self.add(
                 (*path, "password_file"),
@@ -881,6 +905,35 @@ class _Loader:
         elif not os.access(full, os.R_OK):
             self.add((*path, key), f"{key} {_show(value)} is not readable")
 
+    def _check_layout(self, path: Path, reg: dict[str, Any]) -> bool:
+        """A layout url: no credential or TLS keys; an archive must exist. True if a layout."""
+        url = reg.get("url")
+        layout = layout_url(url) if isinstance(url, str) else None
+        if layout is None:
+            return False
+        kind, where = layout
+        for key in _NOT_FOR_LAYOUTS:
+            if key in reg:
+                self.add(
+                    (*path, key),
+                    f"{key} does not apply to an OCI image layout ({kind}:): a layout is read "
+                    "from and written to the file system, with no credentials or TLS",
+                    at_key=True,
+                )
+        if not self.check_files or not where.strip() or (*path, "url") in self.doc.broken:
+            return True
+        full = self._resolve(where)
+        if kind == "oci-archive":
+            if not os.path.isfile(full):
+                self.add(
+                    (*path, "url"), f"oci-archive {_show(where)} does not exist or is not a file"
+                )
+            elif not os.access(full, os.R_OK):
+                self.add((*path, "url"), f"oci-archive {_show(where)} is not readable")
+        elif os.path.exists(full) and not os.path.isdir(full):
+            self.add((*path, "url"), f"oci: {_show(where)} exists and is not a directory")
+        return True
+
     def _interval_and_schedule(self, path: Path, section: dict[str, Any]) -> None:
         if "interval" in section and "schedule" in section:
             self.add(
@@ -922,6 +975,7 @@ class _Loader:
                 continue
             if isinstance(registries, dict):
                 self._known_registry(tpath, target, names)
+                self._writable_target(tpath, target, registries)
             if not isinstance(source, str) or not self._same_registry(registries, source, target):
                 continue
             if not prefix.strip("/"):
@@ -935,6 +989,17 @@ class _Loader:
                 )
             else:
                 self._copies_of_copies(path, rule, target, prefix)
+
+    def _writable_target(self, path: Path, target: str, registries: dict[str, Any]) -> None:
+        reg = registries.get(target)
+        url = reg.get("url") if isinstance(reg, dict) else None
+        layout = layout_url(url) if isinstance(url, str) else None
+        if layout is not None and layout[0] == "oci-archive":
+            self.add(
+                path,
+                f"registry {target!r} is an oci-archive, which syncd only reads: it can be a "
+                "source, not a target (write to an oci: directory instead)",
+            )
 
     def _known_registry(self, path: Path, name: str, names: list[str]) -> None:
         if name in names:
@@ -989,13 +1054,18 @@ class _Loader:
 
     # -- result ------------------------------------------------------------------------
 
+    def _layout_url(self, url: str) -> str:
+        """A layout's path taken from the config file's directory, like every file."""
+        layout = layout_url(url)
+        return url if layout is None else f"{layout[0]}:{self._resolve(layout[1])}"
+
     def build(self, model: ConfigModel) -> Config:
         defaults = model.defaults or DefaultsModel()
         retry_wait = defaults.max_retry_wait or DEFAULT_MAX_RETRY_WAIT
         registries = {
             name: RegistryConfig(
                 name=name,
-                url=reg.url,
+                url=self._layout_url(reg.url),
                 username=reg.username,
                 password=Secret(reg.password.get_secret_value()) if reg.password else None,
                 password_file=self._resolve(reg.password_file) if reg.password_file else None,

@@ -15,6 +15,9 @@ DEFAULT_INTERVAL = 300.0
 DEFAULT_RETRIES = 5
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_CONCURRENCY = 8
+# ``url`` prefixes of OCI image layouts: a directory of layouts (one per repository) and a
+# tar archive of one layout (read only). Longest first: ``oci-archive:`` starts with ``oci``.
+LAYOUT_SCHEMES = ("oci-archive", "oci")
 # A Retry-After longer than this fails the request at once instead of stalling the pass.
 DEFAULT_MAX_RETRY_WAIT = 120.0
 
@@ -63,6 +66,12 @@ class RegistryConfig:
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
 
     @property
+    def layout(self) -> tuple[str, str] | None:
+        """``(kind, path)`` for an OCI image layout url (``oci:PATH``, ``oci-archive:FILE``),
+        else None (a registry)."""
+        return layout_url(self.url)
+
+    @property
     def scheme(self) -> str:
         """``http`` or ``https``; a bare ``host:port`` means https."""
         return urlsplit(self.url).scheme if "://" in self.url else "https"
@@ -75,6 +84,14 @@ class RegistryConfig:
     @property
     def base_url(self) -> str:
         return f"{self.scheme}://{self.host}"
+
+
+def layout_url(url: str) -> tuple[str, str] | None:
+    """``("oci", PATH)`` or ``("oci-archive", FILE)`` for a layout url, else None."""
+    for kind in LAYOUT_SCHEMES:
+        if url.startswith(f"{kind}:") and not url.startswith(f"{kind}://"):
+            return kind, url[len(kind) + 1 :]
+    return None
 
 
 @dataclass(frozen=True, slots=True)

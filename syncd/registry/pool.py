@@ -1,4 +1,8 @@
-"""One ``RegistryClient`` per configured registry, for the life of the process."""
+"""One client per configured registry, for the life of the process.
+
+A registry whose url is an OCI image layout (``oci:PATH``, ``oci-archive:FILE``) gets a
+``LayoutClient``, which answers the same methods from the file system.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING
 from syncd import USER_AGENT
 from syncd.config.schema import RegistryConfig
 from syncd.errors import RateLimitedError
+from syncd.layout import LayoutClient
 from syncd.registry.auth import Authenticator, is_loopback
 from syncd.registry.client import RegistryClient
 from syncd.registry.credentials import account_sources
@@ -23,7 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-__all__ = ["ClientPool", "is_loopback"]
+__all__ = ["AnyClient", "ClientPool", "is_loopback"]
+
+# Where images live: a registry, or an OCI image layout on disk.
+AnyClient = RegistryClient | LayoutClient
 
 
 class ClientPool:
@@ -41,14 +49,19 @@ class ClientPool:
         self._metrics = metrics
         self._retries = retries
         self._user_agent = user_agent
-        self._clients: dict[str, RegistryClient] = {}
+        self._clients: dict[str, AnyClient] = {}
 
-    def client(self, name: str) -> RegistryClient:
+    def client(self, name: str) -> AnyClient:
         """The shared client of registry ``name`` (created on first use)."""
         existing = self._clients.get(name)
         if existing is not None:
             return existing
         reg = self.configs[name]
+        if reg.layout is not None:
+            layout = self._clients[name] = LayoutClient(
+                name, reg.url, metrics=self._metrics, retries=self._retries
+            )
+            return layout
         # Built first: a bad ca_file or client certificate is a ConfigError before any I/O.
         tls = ssl_context(reg)
         sources = account_sources(reg)
@@ -109,15 +122,21 @@ class ClientPool:
     def rate_limited(self, name: str) -> RateLimitedError | None:
         """Why registry ``name`` must be left alone for now (a long Retry-After), if it must."""
         client = self._clients.get(name)
-        return client.transport.limits.blocked() if client is not None else None
+        if client is None or isinstance(client, LayoutClient):
+            return None  # a layout on disk has no rate limits
+        return client.transport.limits.blocked()
 
     def budgeted(self, name: str) -> bool:
         """Whether pulls from registry ``name`` are scarce (a pull budget applies)."""
-        return self.client(name).transport.limits.budgeted
+        client = self.client(name)
+        return not isinstance(client, LayoutClient) and client.transport.limits.budgeted
 
     async def aclose(self) -> None:
         for client in self._clients.values():
-            await client.transport.aclose()
+            if isinstance(client, LayoutClient):
+                await client.aclose()
+            else:
+                await client.transport.aclose()
         self._clients.clear()
 
     async def __aenter__(self) -> ClientPool:

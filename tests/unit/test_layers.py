@@ -26,6 +26,7 @@ L1_PREFIXES = (
     "syncd.config.load",
     "syncd.config.json_schema",
     "syncd.registry",
+    "syncd.layout",
     "syncd.metrics",
     "syncd.logs",
 )
