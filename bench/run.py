@@ -112,7 +112,7 @@ def _run_one(cmd: Sequence[str], log: Path, env: dict[str, str] | None) -> tuple
         hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid))
         if time.monotonic() > deadline:
             os.killpg(proc.pid, 9)
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: sampling interval of the memory high-water mark
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage, hwm_kb
 
@@ -541,7 +541,8 @@ def measure(
     marks = [(role, r, r.log_mark(), registry_cpu(r)) for role, r in regs]
     tool_mark = tool.log.stat().st_size if tool.log.exists() else 0
     proc = tool.sync(src, targets, repos, immutable=immutable)
-    time.sleep(0.3)  # the registry logs a request just after answering it
+    for _, r in regs:
+        r.settle()  # the registry logs a request just after answering it
     stats = [
         reg_stats(r, role, mark, tool.agent, registry_cpu(r) - cpu0)
         for role, r, mark, cpu0 in marks
@@ -616,10 +617,11 @@ def daemon_pass(
             n, total = _scrape(port)
             if n is not None and total is not None and n >= k:
                 break
-            time.sleep(poll)
+            time.sleep(poll)  # sleep-ok: poll interval of a bounded wait
         else:
             raise RuntimeError(f"pass {k} never ended (exit {proc.poll()})")
-        time.sleep(0.02)  # the registry logs a request just after answering it
+        for _, r in regs:
+            r.settle()  # the registry logs a request just after answering it
         regs_now = [(_log_size(r), registry_cpu(r)) for _, r in regs]
         cpu = proc_cpu(proc.pid)
         with log.open("rb") as f:

@@ -174,7 +174,7 @@ def soak_run(
                 _show(s)
                 if args.churn_every and len(samples) % args.churn_every == 0:
                     churn()
-            time.sleep(0.1)
+            time.sleep(0.1)  # sleep-ok: sampling interval of the soak
     finally:
         proc.terminate()
         try:
@@ -208,7 +208,7 @@ def soak_once(
                 rss, hwm, fds = max(rss, r), max(hwm, h), max(fds, fd_count(proc.pid))
             except (OSError, ValueError):
                 pass  # exited between poll() and the read
-            time.sleep(0.05)
+            time.sleep(0.05)  # sleep-ok: sampling interval of memory and fds
         if proc.poll() is None:
             proc.kill()
         if proc.wait() != 0:

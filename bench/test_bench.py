@@ -8,7 +8,6 @@ gzip'd tars, the access-log accounting and the soak's slope.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gzip
 import hashlib
 import io
@@ -68,7 +67,7 @@ async def test_seed_verify_and_count_from_access_logs(
     reg = factory()
     mark = reg.log_mark()
     await C.push(reg.url, corpus)
-    await asyncio.sleep(0.3)
+    reg.settle()
     stats = R.reg_stats(reg, "source", mark, C.SEEDER_AGENT, 0.0)
     # Each unique blob is uploaded once; its other placements are mounted.
     assert stats.counts["upload_put"] == len(corpus.unique_blobs())

@@ -30,7 +30,7 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.manifest import Descriptor
-from syncd.registry.client import RegistryClient
+from syncd.registry.pool import AnyClient
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -58,7 +58,7 @@ UPLOAD_CHUNK = 16 * 1024 * 1024
 class Endpoint:
     """A repository on a registry."""
 
-    client: RegistryClient
+    client: AnyClient
     repository: str
 
     def __str__(self) -> str:
@@ -334,10 +334,8 @@ class BlobMover:
                 extra={"event": "retry", "digest": blob.digest},
             )
             for s in retry:
-                if source.client.transport.metrics:
-                    source.client.transport.metrics.retries.labels(
-                        registry=s.endpoint.client.name
-                    ).inc()
+                if self.metrics:
+                    self.metrics.retries.labels(registry=s.endpoint.client.name).inc()
             worst = max(s.failures for s in retry)
             await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
             batches = []

@@ -22,8 +22,10 @@ from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import configure
+from syncd.plan import PlanEntry
 from syncd.proxy import env_proxies
-from syncd.sync import PlanEntry, RulePassResult, open_syncer
+from syncd.report import rule_report, run_report, write_report
+from syncd.sync import RulePassResult, open_syncer
 
 log = logging.getLogger("syncd")
 
@@ -76,10 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("plan", "show what would be copied, write nothing"),
         ("once", "one full pass, then exit"),
+        ("verify", "check every selected tag and what it references at the targets; write nothing"),
     ):
         p = sub.add_parser(name, help=text)
         _common(p, suppress=True)
         p.add_argument("--rule", metavar="NAME", help="only this rule")
+        if name == "once":
+            p.add_argument(
+                "--report",
+                metavar="FILE",
+                help="write the JSON run report of the pass to FILE (also when images failed)",
+            )
         if name == "plan":
             p.add_argument(
                 "--output",
@@ -88,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
                 type=str.lower,
                 help="output format",
             )
+
+    p = sub.add_parser(
+        "status", help="the latest run report of every rule, from the running daemon"
+    )
+    _common(p, suppress=True)
+    p.add_argument(
+        "--output", choices=["text", "json"], default="text", type=str.lower, help="output format"
+    )
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the config file")
+    _common(p, suppress=True)
 
     p = sub.add_parser("run", help="the long-lived daemon")
     _common(p, suppress=True)
@@ -105,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = args.config or os.environ.get("SYNCD_CONFIG")
     redactor = configure(args.log_format or "text", args.log_level or "info")
+    if args.command == "schema":
+        from syncd.config.json_schema import config_json_schema
+
+        print(json.dumps(config_json_schema(), indent=2))
+        return EXIT_OK
+    if args.command == "status" and not path:
+        return _status(None, args.listen, args.output)
     if not path:
         print("syncd: no config file: use -c FILE or set SYNCD_CONFIG", file=sys.stderr)
         return EXIT_CONFIG
@@ -136,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{path}: valid ({len(config.registries)} registries, {len(config.rules)} rules)")
         return EXIT_OK
+    if args.command == "status":
+        return _status(config, args.listen, args.output)
     rules = list(config.rules)
     if args.rule:
         rule = config.rule(args.rule)
@@ -147,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return asyncio.run(_plan(config, rules, args.output))
-        return asyncio.run(_once(config, rules, args.listen))
+        if args.command == "verify":
+            return asyncio.run(_verify(config, rules))
+        return asyncio.run(_once(config, rules, args.listen, args.report))
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
         return 130
@@ -161,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _secrets_of(config: Config) -> list[str]:
     out = [r.password.reveal() for r in config.registries.values() if r.password]
+    out += [
+        a.password.reveal() for r in config.registries.values() for a in r.credentials if a.password
+    ]
     proxies = [r.proxy for r in config.registries.values() if r.proxy]
     out += [p.password.reveal() for p in proxies if p.password]
     with contextlib.suppress(ValueError):  # a bad variable is reported when a pool reads it
@@ -213,11 +247,14 @@ class _Progress:
             sys.stdout.flush()
 
 
-async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> int:
+async def _once(
+    config: Config, rules: list[RuleConfig], listen: str | None, report: str | None
+) -> int:
     # Without --listen nothing would ever read the metrics: a one-shot pass in CI then
     # skips prometheus_client's import and the bookkeeping of every request.
     metrics = None
     server = None
+    results: list[RulePassResult] = []
     if listen:
         from syncd.daemon.lifecycle import parse_listen
         from syncd.metrics import Metrics
@@ -234,6 +271,7 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
             ready=lambda: True,
             trigger=lambda events: [],
             webhook_token=lambda: None,
+            status=lambda: run_report(rule_report(r) for r in results),
         )
         await server.start(host, port)
     start = time.monotonic()
@@ -245,7 +283,8 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
         ) as syncer:
             syncer.progress = progress.tick
             for rule in rules:
-                total.add(await syncer.run_rule(rule))
+                results.append(await syncer.run_rule(rule))
+                total.add(results[-1])
     finally:
         progress.end()
         if server is not None:
@@ -253,6 +292,12 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
     for failure in total.failures:
         print(f"failed: {failure}", file=sys.stderr)
     print(summary_line(total, time.monotonic() - start), flush=True)
+    if report:
+        try:
+            write_report(report, run_report(rule_report(r) for r in results))
+        except OSError as e:
+            print(f"syncd: cannot write the report {report}: {e}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK if total.ok else EXIT_FAILED
 
 
@@ -357,3 +402,33 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
             f"{t['missing_blobs']} blobs, {_human(t['missing_bytes'])} to transfer"
         )
     return EXIT_FAILED if doc["totals"]["errors"] else EXIT_OK
+
+
+# -- verify -------------------------------------------------------------------------------
+async def _verify(config: Config, rules: list[RuleConfig]) -> int:
+    from syncd.verify import verify_config
+
+    result = await verify_config(config, rules)
+    for problem in result.problems:
+        print(problem)
+    print(
+        f"verify: {result.tags} tags checked at targets, {result.manifests} manifests,"
+        f" {result.blobs} blobs; {len(result.problems)} problems",
+        flush=True,
+    )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# -- status -------------------------------------------------------------------------------
+def _status(config: Config | None, listen: str | None, output: str) -> int:
+    from syncd.daemon.lifecycle import DEFAULT_LISTEN
+    from syncd.status import StatusUnavailableError, format_status, read_status
+
+    address = listen or (config.server.listen if config else None) or DEFAULT_LISTEN
+    try:
+        doc = read_status(address)
+    except (StatusUnavailableError, ValueError) as e:
+        print(f"syncd: no run report: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(doc, indent=2) if output == "json" else format_status(doc))
+    return EXIT_OK

@@ -93,6 +93,25 @@ class Metrics:
             ["registry"],
             registry=r,
         )
+        self.registry_concurrency = Gauge(
+            "syncd_registry_concurrency",
+            "Requests of a kind allowed in flight to a registry (adapts to 429/503 answers)",
+            ["registry", "kind"],
+            registry=r,
+        )
+        # `account` is the index of the registry's credentials when it has several, else "".
+        self.registry_quota_remaining = Gauge(
+            "syncd_registry_quota_remaining",
+            "Pulls left in a registry's current budget window (RateLimit-Remaining)",
+            ["registry", "account"],
+            registry=r,
+        )
+        self.quota_waits = Counter(
+            "syncd_quota_waits_total",
+            "Requests held back because a registry's budget was spent or it asked to wait",
+            ["registry"],
+            registry=r,
+        )
         self.target_bytes = Gauge(
             "syncd_target_bytes",
             "Unique blob bytes of the images kept at a target repository",

@@ -18,10 +18,11 @@ from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, failure_reason
-from syncd.manifest import Descriptor
+from syncd.plan import PlanEntry, plan_entries
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
+from syncd.report import ImageFailure, TargetCounts
 from syncd.rules import (
     is_glob,
     is_immutable,
@@ -30,6 +31,8 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+from syncd.sync_quota import left_alone, new_tags_first
+from syncd.target_bytes import TargetBytes
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -38,37 +41,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class PlanEntry:
-    """One image at one target, as ``plan`` reports it."""
-
-    rule: str
-    source: str
-    tag: str
-    source_digest: str
-    digest: str
-    target: str
-    # up_to_date | copy | overwrite_refused | filtered | failed | immutable | referrer | unsigned
-    action: str
-    missing_blobs: list[Descriptor] = field(default_factory=list)
-    missing_manifests: int = 0
-    filtered_index: bool = False
-    error: str = ""
-    referrer_type: str = ""  # action "referrer": the artifactType of what would be copied
-
-    @property
-    def missing_bytes(self) -> int:
-        return sum(b.size for b in self.missing_blobs)
-
-
-@dataclass(slots=True)
 class RulePassResult:
-    """The outcome of one pass of one rule."""
+    """The outcome of one pass of one rule (images counted once each; ``targets`` per target)."""
 
     rule: str
     synced: int = 0
     skipped: int = 0
     failed: int = 0
     seconds: float = 0.0
+    started: float = 0.0  # wall-clock (time.time()) start and end, for the run report
+    finished: float = 0.0
     blobs_copied: int = 0
     blobs_mounted: int = 0
     blobs_skipped: int = 0
@@ -76,6 +58,10 @@ class RulePassResult:
     referrers_copied: int = 0
     failures: list[str] = field(default_factory=list)
     plan: list[PlanEntry] = field(default_factory=list)
+    targets: dict[str, TargetCounts] = field(default_factory=dict)
+    images_failed: list[ImageFailure] = field(default_factory=list)
+    deleted: int = 0
+    deleted_by_target: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +78,19 @@ class RulePassResult:
         self.referrers_copied += other.referrers_copied
         self.failures.extend(other.failures)
         self.plan.extend(other.plan)
+        for name, counts in other.targets.items():
+            self.at(name).add(counts)
+        self.images_failed.extend(other.images_failed)
+        self.deleted += other.deleted
+        for name, n in other.deleted_by_target.items():
+            self.deleted_by_target[name] = self.deleted_by_target.get(name, 0) + n
+
+    def at(self, target: str) -> TargetCounts:
+        """The per-target counts of ``target`` (created at zero)."""
+        counts = self.targets.get(target)
+        if counts is None:
+            counts = self.targets[target] = TargetCounts()
+        return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +120,7 @@ class Syncer:
         self.metrics = metrics
         self.track_target_bytes = track_target_bytes
         self.referrers = ReferrerSync(engine, metrics, probe_up_to_date=probe_up_to_date)
-        # (target, repository) -> (rule, tag) -> {blob digest: size}; for syncd_target_bytes
-        self._kept: dict[tuple[str, str], dict[tuple[str, str], dict[str, int]]] = {}
+        self._bytes = TargetBytes()
         # Called after each image of a pass (the CLI's progress display).
         self.progress: Callable[[str, RulePassResult], None] | None = None
 
@@ -145,13 +143,20 @@ class Syncer:
     ) -> RulePassResult:
         """One pass of one rule; ``repositories`` limits it (webhook-triggered passes)."""
         start = time.monotonic()
-        result = RulePassResult(rule.name)
+        result = RulePassResult(rule.name, started=time.time())
+        for name in rule.targets:
+            result.at(name)  # every target appears in the report, even with nothing to do
         source = self.pool.client(rule.source).with_retries(rule.retries)
+        skip = left_alone(self.pool, rule)
         try:
-            repos = await self._repositories(rule, repositories)
+            repos = [] if skip else await self._repositories(rule, repositories)
         except SyncdError as e:
-            self._fail_rule(rule, result, f"listing {rule.source}: {e}", e)
+            self._fail_rule(rule, result, rule.source, e, prefix="listing ")
             repos = []
+        if skip:
+            self._fail_rule(
+                rule, result, skip.registry or rule.source, skip, prefix="pass skipped: "
+            )
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
@@ -165,7 +170,7 @@ class Syncer:
                         ):
                             await queue.put(job)
                     except SyncdError as e:
-                        self._fail_rule(rule, result, f"{rule.source}/{repo}: {e}", e)
+                        self._fail_rule(rule, result, f"{rule.source}/{repo}", e)
             finally:
                 for _ in range(rule.concurrency):
                     await queue.put(None)
@@ -179,27 +184,32 @@ class Syncer:
             for _ in range(rule.concurrency):
                 tg.create_task(work())
         result.seconds = time.monotonic() - start
+        result.finished = time.time()
         if not dry_run:
-            self._forget_unkept(rule, chosen)
+            self._bytes.forget_unkept(rule.name, chosen)
             self._finish_rule(rule, result)
         return result
 
-    def _forget_unkept(self, rule: RuleConfig, chosen: dict[tuple[str, str], set[str]]) -> None:
-        """Drop byte accounting for tags this rule no longer selects (deleted, filtered)."""
-        for key, tags in chosen.items():
-            kept = self._kept.get(key, {})
-            for rule_name, tag in list(kept):
-                if rule_name == rule.name and tag not in tags:
-                    del kept[(rule_name, tag)]
-
     def _fail_rule(
-        self, rule: RuleConfig, result: RulePassResult, text: str, err: BaseException
+        self,
+        rule: RuleConfig,
+        result: RulePassResult,
+        source: str,
+        err: BaseException,
+        *,
+        prefix: str = "",
     ) -> None:
+        """A listing failed: the rule (or one repository of it) could not be looked at."""
+        # A registry error names its registry already; say it once.
+        said = str(err).startswith(f"{source}:")
+        text = f"{prefix}{err}" if said else f"{prefix}{source}: {err}"
         result.failed += 1
         result.failures.append(text)
+        result.images_failed.append(ImageFailure.of(source, "", "", err))
         log.error(text, extra={"rule": rule.name, "event": "rule_error"})
-        if self.metrics:
-            for target in rule.targets:
+        for target in rule.targets:
+            result.at(target).failed += 1
+            if self.metrics:
                 self.metrics.image_failures.labels(
                     rule=rule.name, target=target, reason=failure_reason(err)
                 ).inc()
@@ -211,13 +221,7 @@ class Syncer:
             if result.ok:
                 self.metrics.last_success.labels(rule=rule.name).set(time.time())
             if self.track_target_bytes:
-                for (target, repo), kept in self._kept.items():
-                    unique: dict[str, int] = {}
-                    for blobs in kept.values():
-                        unique.update(blobs)
-                    self.metrics.target_bytes.labels(target=target, repository=repo).set(
-                        sum(unique.values())
-                    )
+                self._bytes.publish(self.metrics)
         log.info(
             "rule %s: %d synced, %d skipped, %d failed in %.1fs",
             rule.name,
@@ -277,8 +281,9 @@ class Syncer:
             present = set(all_tags)
             for missing in (t for t in rule.tags.names if t not in present):
                 err = _missing_tag_error(source_name, repo, missing)
+                where = tuple((t, target_repository(rule, repo)) for t in rule.targets)
                 self._record_failure(
-                    rule, result, f"{source_name}/{repo}:{missing}", err, rule.targets
+                    rule, result, f"{source_name}/{repo}:{missing}", err, where, missing
                 )
         if dry_run:
             selected = set(tags)
@@ -288,6 +293,7 @@ class Syncer:
                         PlanEntry(rule.name, f"{source_name}/{repo}", t, "", "", "", "filtered")
                     )
         targets = tuple((name, target_repository(rule, repo)) for name in rule.targets)
+        tags = await new_tags_first(self.pool, rule, tags, targets)
         for key in targets:
             chosen.setdefault(key, set()).update(tags)
         immutable_present: dict[tuple[str, str], set[str]] = {}
@@ -301,6 +307,9 @@ class Syncer:
                 for name, trepo in targets
                 if not (is_immutable(rule, tag) and tag in immutable_present.get((name, trepo), ()))
             )
+            for name, trepo in targets:
+                if (name, trepo) not in wanted:  # immutable and present: up to date by rule
+                    result.at(name).up_to_date += 1
             if not wanted:
                 result.skipped += 1
                 if dry_run:
@@ -332,8 +341,9 @@ class Syncer:
     ) -> None:
         """``require_signature``: the image is not copied; plan says so, a pass counts it."""
         if not dry_run:
+            digest = head.digest if head else ""
             self._record_failure(
-                rule, result, f"{source}:{job.tag}", unsigned, [t for t, _ in job.targets]
+                rule, result, f"{source}:{job.tag}", unsigned, job.targets, job.tag, digest
             )
             return
         digest = head.digest if head else ""
@@ -406,21 +416,31 @@ class Syncer:
                 )
         # -- end referrers
         if dry_run:
-            await self._plan_entries(rule, source, job, image, specs, result)
+            entries, failed, any_copy = await plan_entries(
+                self.engine, rule, source, job.tag, job.targets, image, specs
+            )
+            result.plan.extend(entries)
+            result.failed += failed
+            if any_copy:
+                result.synced += 1
+            else:
+                result.skipped += 1
             result.plan.extend(planned)
             return
         self._account(rule, job, image, result)
         if self.progress:
             self.progress(rule.name, result)
         if self.track_target_bytes and not image.failed and image.digest:
-            await self._track_bytes(rule, source, job, image)
+            await self._bytes.track(self.engine, rule.name, source, job.tag, job.targets, image)
 
     def _account(
         self, rule: RuleConfig, job: _Job, image: ImageResult, result: RulePassResult
     ) -> None:
         name = f"{image.source}:{job.tag}"
         if image.error is not None:
-            self._record_failure(rule, result, name, image.error, [t for t, _ in job.targets])
+            self._record_failure(
+                rule, result, name, image.error, job.targets, job.tag, image.source_digest
+            )
             return
         copied = False
         failed = False
@@ -429,11 +449,13 @@ class Syncer:
             result.blobs_mounted += o.blobs_mounted
             result.blobs_skipped += o.blobs_skipped
             result.bytes_copied += o.bytes_copied
+            at = result.at(o.target)
+            target = f"{o.target}/{o.repository}:{job.tag}"
             event = {
                 "event": "image_copy",
                 "rule": rule.name,
                 "source": name,
-                "target": f"{o.target}/{o.repository}:{job.tag}",
+                "target": target,
                 "digest": image.digest,
                 "bytes": o.bytes_copied,
                 "seconds": round(o.seconds, 3),
@@ -441,6 +463,8 @@ class Syncer:
             }
             if o.action == "copied":
                 copied = True
+                at.copied += 1
+                at.bytes += o.bytes_copied
                 if self.metrics:
                     self.metrics.images_synced.labels(rule=rule.name, target=o.target).inc()
                 log.info(
@@ -453,7 +477,9 @@ class Syncer:
                 )
             elif o.action == "failed":
                 failed = True
+                at.failed += 1
                 assert o.error is not None
+                result.images_failed.append(ImageFailure.of(name, target, image.digest, o.error))
                 event["reason"] = failure_reason(o.error)
                 if self.metrics:
                     self.metrics.image_failures.labels(
@@ -462,6 +488,7 @@ class Syncer:
                 result.failures.append(f"{name} -> {o.target}/{o.repository}: {o.error}")
                 log.error("failed %s to %s: %s", name, event["target"], o.error, extra=event)
             else:
+                at.up_to_date += 1
                 log.debug("up to date: %s at %s", name, event["target"], extra=event)
         if failed:
             result.failed += 1
@@ -476,8 +503,11 @@ class Syncer:
         result: RulePassResult,
         name: str,
         err: BaseException,
-        targets: Iterable[str],
+        targets: Iterable[tuple[str, str]],
+        tag: str,
+        digest: str = "",
     ) -> None:
+        """An image failed before any target was tried: it failed at every target."""
         result.failed += 1
         result.failures.append(f"{name}: {err}")
         log.error(
@@ -492,80 +522,15 @@ class Syncer:
                 "reason": failure_reason(err),
             },
         )
-        if self.metrics:
-            for target in targets:
+        for target, trepo in targets:
+            result.at(target).failed += 1
+            result.images_failed.append(
+                ImageFailure.of(name, f"{target}/{trepo}:{tag}", digest, err)
+            )
+            if self.metrics:
                 self.metrics.image_failures.labels(
                     rule=rule.name, target=target, reason=failure_reason(err)
                 ).inc()
-
-    async def _track_bytes(
-        self, rule: RuleConfig, source: Endpoint, job: _Job, image: ImageResult
-    ) -> None:
-        try:
-            m = image.manifest or await self.engine.manifest(source, image.digest)
-            blobs: dict[str, int] = {}
-            for part in [m, *(await self.engine.children(source, m) if m.is_index else [])]:
-                blobs.update((b.digest, b.size) for b in part.blobs)
-        except SyncdError as e:
-            log.debug("cannot account bytes of %s: %s", image.source, e)
-            return
-        for name, trepo in job.targets:
-            self._kept.setdefault((name, trepo), {})[(rule.name, job.tag)] = blobs
-
-    async def _plan_entries(
-        self,
-        rule: RuleConfig,
-        source: Endpoint,
-        job: _Job,
-        image: ImageResult,
-        specs: Sequence[TargetSpec],
-        result: RulePassResult,
-    ) -> None:
-        filtered = bool(rule.platforms) and image.digest != image.source_digest
-
-        def entry_for(target: str, action: str) -> PlanEntry:
-            return PlanEntry(
-                rule.name,
-                str(source),
-                job.tag,
-                image.source_digest,
-                image.digest,
-                target,
-                action,
-                filtered_index=filtered,
-            )
-
-        if image.error is not None:
-            for name, trepo in job.targets:
-                entry = entry_for(f"{name}/{trepo}", "failed")
-                entry.error = str(image.error)
-                result.plan.append(entry)
-            result.failed += 1
-            return
-        any_copy = False
-        for spec, o in zip(specs, image.outcomes, strict=True):
-            entry = entry_for(f"{o.target}/{o.repository}", o.action)
-            if o.action == "failed":
-                entry.action = failure_reason(o.error) if o.error else "failed"
-                entry.error = str(o.error)
-                if entry.action != "overwrite_refused":
-                    entry.action = "failed"
-                result.failed += 1
-            elif o.action == "copy":
-                any_copy = True
-                try:
-                    m = image.manifest or await self.engine.desired(
-                        source, image.source_digest, rule.platforms
-                    )
-                    blobs, manifests = await self.engine.missing(source, spec.endpoint, m)
-                    entry.missing_blobs, entry.missing_manifests = blobs, manifests
-                except SyncdError as e:
-                    entry.action, entry.error = "failed", str(e)
-            result.plan.append(entry)
-        if any_copy:
-            result.synced += 1
-        else:
-            result.skipped += 1
 
 
 def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
@@ -580,8 +545,7 @@ async def open_syncer(
     track_target_bytes: bool = True,
     probe_up_to_date: bool = True,
 ) -> AsyncIterator[Syncer]:
-    """A Syncer with one HTTP session per registry, closed on exit.
-
+    """A Syncer with one HTTP session per registry, closed on exit;
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
     the once-per-registry referrers-API probe; see ``ReferrerSync``.
     """

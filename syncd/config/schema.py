@@ -16,6 +16,31 @@ DEFAULT_INTERVAL = 300.0
 DEFAULT_RETRIES = 5
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_CONCURRENCY = 8
+# ``url`` prefixes of OCI image layouts: a directory of layouts (one per repository) and a
+# tar archive of one layout (read only). Longest first: ``oci-archive:`` starts with ``oci``.
+LAYOUT_SCHEMES = ("oci-archive", "oci")
+# A Retry-After longer than this fails the request at once instead of stalling the pass.
+DEFAULT_MAX_RETRY_WAIT = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """One entry of a registry's ``credentials``: an account used in turn with the others."""
+
+    username: str
+    password: Secret | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaReserve:
+    """``quota_reserve``: pulls kept back from a registry's budget, a count or a percentage."""
+
+    amount: float = 10.0
+    percent: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else f"{self.amount:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +62,18 @@ class RegistryConfig:
     # Every request of this registry goes through it (token realm and redirects too);
     # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment decide.
     proxy: ProxyURL | None = None
+    # Several accounts, used in turn when one's pull budget is spent (instead of username).
+    credentials: tuple[AccountConfig, ...] = ()
+    # None: the default reserve (10%), and no budget is assumed until the registry sends one.
+    quota_reserve: QuotaReserve | None = None
+    requests_per_second: float | None = None
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+
+    @property
+    def layout(self) -> tuple[str, str] | None:
+        """``(kind, path)`` for an OCI image layout url (``oci:PATH``, ``oci-archive:FILE``),
+        else None (a registry)."""
+        return layout_url(self.url)
 
     @property
     def scheme(self) -> str:
@@ -51,6 +88,14 @@ class RegistryConfig:
     @property
     def base_url(self) -> str:
         return f"{self.scheme}://{self.host}"
+
+
+def layout_url(url: str) -> tuple[str, str] | None:
+    """``("oci", PATH)`` or ``("oci-archive", FILE)`` for a layout url, else None."""
+    for kind in LAYOUT_SCHEMES:
+        if url.startswith(f"{kind}:") and not url.startswith(f"{kind}://"):
+            return kind, url[len(kind) + 1 :]
+    return None
 
 
 @dataclass(frozen=True, slots=True)

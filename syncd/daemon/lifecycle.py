@@ -26,6 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
@@ -33,6 +34,7 @@ from syncd.daemon.reload import ConfigWatcher, fingerprint
 from syncd.daemon.scheduler import PassOutcome, Scheduler
 from syncd.errors import ConfigError
 from syncd.metrics import Metrics
+from syncd.report import rule_report, run_report
 from syncd.rules import rules_for_repository
 from syncd.secret import Secret
 from syncd.server import HttpServer
@@ -177,6 +179,8 @@ class Daemon:
         self._retired: set[_SyncerSlot] = set()
         self._scheduler: Scheduler | None = None
         self._watcher: ConfigWatcher | None = None
+        # rule name -> the run report entry of its latest finished pass, for GET /status
+        self._reports: dict[str, dict[str, Any]] = {}
 
     # -- the whole life -----------------------------------------------------------------
     async def serve(self) -> int:
@@ -204,6 +208,7 @@ class Daemon:
             ready=lambda: scheduler.ready,
             trigger=scheduler.trigger,
             webhook_token=self._webhook_token,
+            status=self.status,
         )
         try:
             await server.start(host, port)
@@ -318,7 +323,18 @@ class Daemon:
         slot = self._syncer
         assert slot is not None
         async with slot.use() as syncer:
-            return await syncer.run_rule(rule, repositories=repositories)
+            result = await syncer.run_rule(rule, repositories=repositories)
+        report = rule_report(result)
+        if repositories is not None:
+            # A webhook-triggered pass looked only at the pushed repositories.
+            report["repositories"] = sorted(repositories)
+        self._reports[rule.name] = report
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """The run report of the latest finished pass of every rule of the current config."""
+        rules = self._config.rules if self._config else ()
+        return run_report(self._reports[r.name] for r in rules if r.name in self._reports)
 
     def _webhook_token(self) -> Secret | None:
         return self._config.server.webhook_token if self._config else None

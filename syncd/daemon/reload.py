@@ -60,6 +60,9 @@ class ConfigWatcher:
         self._poll = poll_interval
         self._requested = False
         self._wake = asyncio.Event()
+        # How many times the file has been looked at: lets a caller wait for "polled, and
+        # nothing changed" as an event rather than for a stretch of time.
+        self.polls = 0
 
     def request(self) -> None:
         """Reload as soon as possible, even if the file did not change (SIGHUP)."""
@@ -82,6 +85,7 @@ class ConfigWatcher:
             current = await asyncio.to_thread(fingerprint, self._path)
             if current != self._seen and await self._settled(current):
                 await self.reload("file change")
+            self.polls += 1
 
     async def reload(self, trigger: str) -> bool:
         """Load, validate and apply the config file once; True if it was applied."""

@@ -134,6 +134,11 @@ class Scheduler:
         """Names of the rules with a pass in flight."""
         return sorted(name for name, s in self._slots.items() if s.running)
 
+    def pending(self, name: str) -> frozenset[str]:
+        """The repositories webhooks have queued for rule ``name`` and no pass has taken yet."""
+        slot = self._slots.get(name)
+        return frozenset(slot.pending) if slot is not None else frozenset()
+
     def rules(self) -> list[RuleConfig]:
         return [s.rule for s in self._slots.values() if not s.retired]
 

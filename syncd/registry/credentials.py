@@ -446,6 +446,18 @@ def _helper_message(out: bytes, err: bytes) -> str:
     return ""
 
 
+def account_sources(reg: RegistryConfig) -> list[CredentialSource]:
+    """One source per account of ``credentials`` (used in turn), else the single source."""
+    if not reg.credentials:
+        return [credential_source(reg)]
+    return [
+        StaticSource(reg.name, Credentials(a.username, a.password))
+        if a.password
+        else PasswordFileSource(reg.name, a.username, a.password_file or "")
+        for a in reg.credentials
+    ]
+
+
 def credential_source(reg: RegistryConfig) -> CredentialSource:
     """The credential source a registry's config asks for, by the module's precedence."""
     if reg.password:

@@ -186,7 +186,7 @@ async def test_expired_tokens_are_refreshed_within_one_process(
         first = await syncer.run_pass()
         assert first[0].synced == 1 and first[0].failed == 0
         before = issuer.count(status=200)
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(2.5)  # sleep-ok: the tokens running out (2 s) is the scenario
         seed(src, issuer, "team/app", "v2", "two")
         second = await syncer.run_pass()
         assert second[0].synced == 1 and second[0].failed == 0, second

@@ -272,7 +272,7 @@ def test_once_listen_serves_metrics_during_the_pass(
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
                 scraped = resp.read().decode()
         except OSError:
-            time.sleep(0.02)
+            time.sleep(0.02)  # sleep-ok: poll interval of a bounded wait
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "syncd_registry_requests_total" in scraped

@@ -49,7 +49,7 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, step: floa
     while time.monotonic() - start < timeout:
         if cond():
             return time.monotonic() - start
-        time.sleep(step)
+        time.sleep(step)  # sleep-ok: poll interval of a bounded wait
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

@@ -16,6 +16,7 @@ from tests.daemon.conftest import (
     REPO,
     TOKEN,
     DaemonFactory,
+    DaemonProcess,
     wait_until,
     write_config,
 )
@@ -131,7 +132,12 @@ def test_webhook_delivers_a_new_tag_within_5s_with_a_1h_interval(
     assert d.post("/webhooks/distribution", body, token="wrong")[0] == 401
     assert d.post("/webhooks/harbor", body, token=None)[0] == 401
     assert d.post("/webhooks/distribution", b"{not json", token=TOKEN)[0] == 400
-    time.sleep(1.5)  # longer than the debounce window: a refused hook must not have synced
+    # The marker: an accepted hook for another repository the rule watches. A refused hook
+    # that had queued REPO_A would ride in the same debounced pass.
+    marker = "team/other-marker"
+    assert d.post("/webhooks/distribution", envelope(marker, "v1", digest))[0] == 202
+    wait_until(lambda: webhook_passes_of(d), 10, "the marker's webhook pass")
+    assert webhook_passes_of(d)[0]["repositories"] == [marker]
     assert "v2" not in tags(target.url, REPO_A)
 
     start = time.monotonic()
@@ -146,7 +152,7 @@ def test_webhook_delivers_a_new_tag_within_5s_with_a_1h_interval(
     digest = push(source.url, REPO_A, "v3", image("v3"))
     assert d.post("/webhooks/harbor", harbor(REPO_A, "v3", digest))[0] == 202
     wait_until(lambda: synced(source, target, REPO_A, "v3"), 5, "v3 via the Harbor webhook")
-    webhook_passes = [e for e in d.events("rule pass started") if e.get("trigger") == "webhook"]
+    webhook_passes = webhook_passes_of(d)[1:]  # after the marker's
     assert webhook_passes and all(e["repositories"] == [REPO_A] for e in webhook_passes)
     assert all(e["rule"] == "hourly" for e in webhook_passes)
     malformed = d.events("webhook malformed")
@@ -154,6 +160,10 @@ def test_webhook_delivers_a_new_tag_within_5s_with_a_1h_interval(
     assert TOKEN not in d.output()
     assert d.stop() == 0
     print(f"webhook to synced tag: {took:.2f}s")
+
+
+def webhook_passes_of(d: DaemonProcess) -> list[dict[str, Any]]:
+    return [e for e in d.events("rule pass started") if e.get("trigger") == "webhook"]
 
 
 def test_registry_notifications_trigger_a_sync(

@@ -95,7 +95,14 @@ class Running:
 async def until(cond: Callable[[], object], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # sleep-ok: poll interval of a bounded wait
+
+
+async def draining(r: Running) -> None:
+    """Wait until the daemon has taken a stop request: ready no more, still serving."""
+    async with asyncio.timeout(5):
+        while await r.status("/readyz") != 503:
+            await asyncio.sleep(0.01)  # sleep-ok: poll interval of a bounded wait
 
 
 def _config(path: Path, url: str = "http://127.0.0.1:1", *names: str) -> Path:
@@ -157,7 +164,7 @@ async def test_readyz_is_503_until_the_first_pass_starts(tmp_path: Path) -> None
     async with run_daemon(tmp_path) as r:
         async with asyncio.timeout(5):
             while await r.status("/healthz") != 200:
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # sleep-ok: poll interval of a bounded wait
         # Sessions are still opening: alive, not ready.
         assert await r.status("/readyz") == 503
         r.fakes.opening.set()
@@ -192,7 +199,7 @@ async def test_stop_lets_a_pass_that_ends_in_time_finish(tmp_path: Path) -> None
         r.fakes.opening.set()
         await until(lambda: r.fakes.syncers and r.fakes.syncers[0].calls)
         r.daemon.request_stop()
-        await asyncio.sleep(0.3)
+        await draining(r)
         assert not r.task.done()
         r.fakes.release.set()
         assert await r.task == 0
@@ -205,7 +212,7 @@ async def test_a_second_stop_request_forces(tmp_path: Path) -> None:
         r.fakes.opening.set()
         await until(lambda: r.fakes.syncers and r.fakes.syncers[0].calls)
         r.daemon.request_stop()
-        await asyncio.sleep(0.1)
+        await draining(r)
         r.daemon.request_stop()
         async with asyncio.timeout(3):
             assert await r.task == 0

@@ -94,11 +94,17 @@ async def until(cond: object, timeout: float = 5.0) -> None:
     assert callable(cond)
     async with asyncio.timeout(timeout):
         while not cond():
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # sleep-ok: poll interval of a bounded wait
+
+
+async def polled(harness: Harness, times: int = 3) -> None:
+    """Wait until the watcher has looked at the file ``times`` more times."""
+    start = harness.watcher.polls
+    await until(lambda: harness.watcher.polls >= start + times)
 
 
 async def test_an_unchanged_file_is_not_reloaded(harness: Harness) -> None:
-    await asyncio.sleep(0.5)
+    await polled(harness)
     assert harness.applied == []
     assert harness.reloads("success") == 0
 
@@ -108,7 +114,7 @@ async def test_a_changed_file_is_applied(harness: Harness) -> None:
     await until(lambda: harness.applied)
     assert [r.name for r in harness.applied[0].rules] == ["r1", "r2"]
     assert harness.reloads("success") == 1
-    await asyncio.sleep(0.5)
+    await polled(harness)
     assert len(harness.applied) == 1  # once per change, not once per poll
 
 
@@ -123,7 +129,7 @@ async def test_a_broken_file_is_rejected_once_and_logged(
 ) -> None:
     harness.write(BROKEN)
     await until(lambda: harness.reloads("failure") == 1)
-    await asyncio.sleep(0.5)
+    await polled(harness)
     assert harness.reloads("failure") == 1  # the same broken content is not retried per poll
     assert harness.applied == []
     assert harness.metrics.config_last_reload_successful._value.get() == 0

@@ -209,5 +209,5 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.02)
+        time.sleep(0.02)  # sleep-ok: poll interval of a bounded wait
     raise AssertionError(f"timed out waiting for {what}")

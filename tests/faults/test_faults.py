@@ -82,7 +82,8 @@ def test_target_killed_mid_pass_then_next_pass_completes(
         again = run_once(cfg)
         second = time.monotonic() - start
         assert again.returncode == 0, again.stderr[-2000:]
-        time.sleep(0.3)  # one more sweep over the finished state
+        after = poller.sweeps  # two more: one of them starts after the pass ended
+        wait_for(lambda: poller.sweeps >= after + 2, 30, "a sweep over the finished state")
     print(f"\nkilled target: first pass {first:.1f}s ({out.strip()}), second {second:.1f}s")
     print(
         f"poller: {poller.sweeps} sweeps, {poller.tags_checked} tag checks, "
@@ -175,7 +176,8 @@ def test_syncd_sigkilled_mid_pass_then_rerun_converges(
         half = set(tags(target.url, REPO))
         again = run_once(cfg)
         assert again.returncode == 0, again.stderr[-2000:]
-        time.sleep(0.3)
+        after = poller.sweeps
+        wait_for(lambda: poller.sweeps >= after + 2, 30, "a sweep over the finished state")
     print(f"\nsyncd killed with {len(half)} of {len(expected)} tags at the target; rerun ok")
     assert poller.violations == []
     assert "big" not in half, "the kill came too late to test anything"

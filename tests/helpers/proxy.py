@@ -164,7 +164,7 @@ class FaultProxy:
             with self._lock:
                 self.bytes_in += len(data)
             if self.latency:
-                await asyncio.sleep(self.latency)
+                await asyncio.sleep(self.latency)  # sleep-ok: injected latency is the fault
             send, reset = self._admit(conn, data)
             if send:
                 writer.write(send)
@@ -211,7 +211,7 @@ class FaultProxy:
             if not data:
                 return
             if self.latency:
-                await asyncio.sleep(self.latency)
+                await asyncio.sleep(self.latency)  # sleep-ok: injected latency is the fault
             reset = False
             with self._lock:
                 if conn.reset_at is not None and conn.up + conn.down + len(data) >= conn.reset_at:

@@ -24,7 +24,9 @@ from typing import Any
 import yaml
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-HTTP_SECRET = "syncd-test-secret"  # fixed so a restarted registry keeps open uploads valid
+HTTP_SECRET = "syncd-test-secret"
+# User-Agent of the requests ``Registry.settle`` sends to mark a point in the access log.
+MARK_AGENT = "syncd-test-mark"  # fixed so a restarted registry keeps open uploads valid
 _ACCESS_RE = re.compile(
     r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-) '
     r'"[^"]*" "(?P<agent>[^"]*)"'
@@ -86,6 +88,7 @@ class Registry:
     username: str | None = None
     password: str | None = None
     _log_path: Path = field(init=False)
+    _marks: int = field(init=False, default=0)
     implementation = "distribution"
 
     def __post_init__(self) -> None:
@@ -118,7 +121,7 @@ class Registry:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # sleep-ok: poll interval of a bounded wait
         raise RuntimeError("registry did not start listening")
 
     def stop(self) -> None:
@@ -148,16 +151,35 @@ class Registry:
     def _log_size(self) -> int:
         return self._log_path.stat().st_size if self._log_path.exists() else 0
 
-    def settle(self, quiet: float = 0.15, limit: float = 2.0) -> None:
-        """Wait until the log stops growing: the registry logs a request after answering it."""
+    def settle(self, limit: float = 5.0) -> None:
+        """Wait until every request answered so far is in the log.
+
+        The registry writes a line just after answering, so "the pass has ended" does not
+        yet mean "its lines are logged". A marker request sent now is logged after all of
+        them: once its line is there, so are theirs (a positive event, not a quiet spell).
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return  # a stopped registry logs nothing more
+        self._marks += 1
+        mark = f"{MARK_AGENT}/{self._marks}"
+        context = None
+        if self.tls:
+            # Only a marker for our own loopback registry: its certificate is beside the point.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            http("GET", f"{self.url}/v2/", headers={"User-Agent": mark}, context=context)
+        except (OSError, ssl.SSLError):
+            # A registry that wants a client certificate refuses the marker before logging
+            # it; a caller of such a registry waits on its own condition.
+            return
         deadline = time.monotonic() + limit
-        size = self._log_size()
-        while time.monotonic() < deadline:
-            time.sleep(quiet)
-            now = self._log_size()
-            if now == size:
-                return
-            size = now
+        needle = f'"{mark}"'.encode()
+        while needle not in self._log_path.read_bytes():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the registry did not log marker {mark} in {limit}s")
+            time.sleep(0.01)  # sleep-ok: poll interval of a bounded wait on the marker line
 
     def log_mark(self) -> int:
         """An offset into the log; pass to ``accesses(since=...)`` to see only later lines."""
@@ -172,6 +194,8 @@ class Registry:
         out = []
         for m in _ACCESS_RE.finditer(text):
             a = Access(m["method"], m["path"], int(m["status"]), m["agent"])
+            if a.agent.startswith(MARK_AGENT):
+                continue
             if agent is None or agent in a.agent:
                 out.append(a)
         return out

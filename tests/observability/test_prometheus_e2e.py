@@ -42,6 +42,7 @@ PANELS_WITH_DATA = (
     "Blobs copied / skipped / mounted",
     "Registry requests by status code",
     "Registry request latency",
+    "Adaptive concurrency",
     "Config reloads",
     "Last reload",
     "Scrape up",
@@ -118,7 +119,7 @@ class PrometheusServer:
                         return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.2)  # sleep-ok: poll interval of a bounded wait
         raise AssertionError(f"prometheus not ready:\n{self.process.output()}")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
@@ -139,7 +140,7 @@ def wait_for(what: str, check: Any, timeout: float, *logs: Process) -> None:
     while time.monotonic() < deadline:
         if check():
             return
-        time.sleep(0.5)
+        time.sleep(0.5)  # sleep-ok: poll interval of a bounded wait
     raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(p.output() for p in logs))
 
 
@@ -279,7 +280,7 @@ def test_prometheus_sees_what_syncd_copied(
     # The alert rules load and evaluate without errors on real data, and nothing fires.
     groups = prometheus.get("/api/v1/rules")["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 9
+    assert len(rules) == 10
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     assert prometheus.get("/api/v1/alerts")["data"]["alerts"] == []
 

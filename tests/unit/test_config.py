@@ -10,7 +10,9 @@ import pytest
 
 from syncd.config.load import load_config, load_config_text
 from syncd.config.schema import (
+    AccountConfig,
     Config,
+    QuotaReserve,
     RegistryConfig,
     RuleConfig,
     ServerConfig,
@@ -50,7 +52,14 @@ def load(text: str, env: dict[str, str] | None = None) -> Config:
 
 
 def secrets_dir(tmp_path: pathlib.Path) -> pathlib.Path:
-    for name in ("prod-ca.pem", "backup-password", "edge-client.pem", "edge-client.key"):
+    for name in (
+        "prod-ca.pem",
+        "backup-password",
+        "edge-client.pem",
+        "edge-client.key",
+        "hub-1",
+        "hub-2",
+    ):
         (tmp_path / name).write_text("x\n")
     return tmp_path
 
@@ -104,6 +113,17 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
                 client_cert=f"{d}/edge-client.pem",
                 client_key=f"{d}/edge-client.key",
             ),
+            "hub": RegistryConfig(
+                name="hub",
+                url="https://registry-1.docker.io",
+                credentials=(
+                    AccountConfig("mirror-bot-1", None, f"{d}/hub-1"),
+                    AccountConfig("mirror-bot-2", None, f"{d}/hub-2"),
+                ),
+                quota_reserve=QuotaReserve(10, percent=True),
+                requests_per_second=5.0,
+                max_retry_wait=60.0,
+            ),
         },
         rules=(
             RuleConfig(
@@ -145,6 +165,14 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
                 schedule="*/10 * * * *",
                 retries=5,
                 concurrency=8,
+            ),
+            RuleConfig(
+                name="hub-mirror",
+                source="hub",
+                targets=("prod",),
+                repositories=("library/nginx",),
+                tags=TagFilter(include=(r"^1\.\d+\.\d+$",), newest=3),
+                interval=300.0,
             ),
         ),
         server=ServerConfig(listen="127.0.0.1:9090", webhook_token=Secret("webhook-token-value")),

@@ -37,7 +37,7 @@ with open(os.path.join(state, "calls"), "a") as f:
 mode = open(os.path.join(state, "mode")).read().strip() if os.path.exists(
     os.path.join(state, "mode")) else "ok"
 if mode == "sleep":
-    time.sleep(30)
+    time.sleep(30)  # sleep-ok: a credential helper that hangs is the scenario
 if mode == "fail":
     print("backend exploded", file=sys.stderr)
     sys.exit(3)

@@ -23,7 +23,14 @@ L0 = {
     "syncd.durations",
     "syncd.proxy",
 }
-L1_PREFIXES = ("syncd.config.load", "syncd.registry", "syncd.metrics", "syncd.logs")
+L1_PREFIXES = (
+    "syncd.config.load",
+    "syncd.config.json_schema",
+    "syncd.registry",
+    "syncd.layout",
+    "syncd.metrics",
+    "syncd.logs",
+)
 L2_PREFIXES = (
     "syncd.copy",
     "syncd.blobs",
@@ -31,6 +38,11 @@ L2_PREFIXES = (
     "syncd.server",
     "syncd.daemon",
     "syncd.referrers",
+    "syncd.report",
+    "syncd.plan",
+    "syncd.target_bytes",
+    "syncd.verify",
+    "syncd.status",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
