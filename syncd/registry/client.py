@@ -18,6 +18,7 @@ import aiohttp
 from syncd.digest import digest_of
 from syncd.errors import DigestMismatchError, ServerError
 from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
+from syncd.reference import hub_repository, is_docker_hub, split_origin
 from syncd.registry.auth import repository_scope
 from syncd.registry.transport import BodyFactory, Request, Response, Transport, redact_url
 
@@ -50,6 +51,18 @@ class RegistryClient:
     def __init__(self, transport: Transport, *, retries: int = 0) -> None:
         self.transport = transport
         self._attempts = retries
+        self._hub = is_docker_hub(split_origin(transport.base_url)[1])
+
+    def wire(self, repository: str) -> str:
+        """The repository as this registry's API names it: on Docker Hub a one-component
+        name is an official image, ``library/NAME``. Callers keep the operator's spelling
+        (metrics, logs, reports); only requests use this one."""
+        return hub_repository(repository) if self._hub else repository
+
+    @property
+    def origin(self) -> str:
+        """The registry's normalised origin: equal for two clients of one registry."""
+        return self.transport.origin
 
     @property
     def name(self) -> str:
@@ -78,6 +91,7 @@ class RegistryClient:
     # -- manifests ---------------------------------------------------------------------
     async def manifest_head(self, repository: str, reference: str) -> ManifestInfo | None:
         """Digest, type and size of a manifest, or None if the tag/digest is absent."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "HEAD",
@@ -105,6 +119,7 @@ class RegistryClient:
         self, repository: str, reference: str, *, absent_ok: bool = False
     ) -> Manifest:
         """The exact manifest bytes, parsed, with the digest checked two ways."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "GET",
@@ -128,6 +143,7 @@ class RegistryClient:
         self, repository: str, reference: str, raw: bytes, media_type: str
     ) -> str:
         """PUT the exact bytes; returns the digest, verified against what the registry says."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "PUT",
@@ -153,6 +169,7 @@ class RegistryClient:
     # -- blobs -------------------------------------------------------------------------
     async def blob_head(self, repository: str, digest: str) -> int | None:
         """The blob's size if the repository has it, else None."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "HEAD",
@@ -171,6 +188,7 @@ class RegistryClient:
         self, repository: str, digest: str, *, size: int = 0, offset: int = 0
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Stream a blob in chunks of up to ``CHUNK_SIZE``; never holds it whole."""
+        repository = self.wire(repository)
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         req = Request(
             "GET",
@@ -202,6 +220,8 @@ class RegistryClient:
         Returns None when mounted (201). When the registry declines it opens an upload
         session instead (202); its location is returned so the upload can use it directly.
         """
+        repository = self.wire(repository)
+        from_repository = self.wire(from_repository)
         resp = await self._send(
             Request(
                 "POST",
@@ -219,6 +239,7 @@ class RegistryClient:
 
     async def upload_start(self, repository: str) -> str:
         """POST a new upload session; returns its absolute location."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "POST",
@@ -239,6 +260,7 @@ class RegistryClient:
         body: BodyFactory | bytes | None = None,
     ) -> None:
         """Finish an upload: a monolithic streamed PUT (or an empty one after PATCHes)."""
+        repository = self.wire(repository)
         sep = "&" if "?" in location else "?"
         await self._send(
             Request(
@@ -273,6 +295,7 @@ class RegistryClient:
         here: a PATCH that broke part-way may have left bytes in the session, so only the
         copy engine, after asking ``upload_status``, knows where to go on.
         """
+        repository = self.wire(repository)
         size = len(chunk) if isinstance(chunk, bytes) else length
         if size is None:
             raise ValueError("a streamed chunk needs its length")
@@ -297,6 +320,7 @@ class RegistryClient:
 
     async def upload_status(self, repository: str, location: str) -> tuple[int, str]:
         """How many bytes an upload session holds (``Range: 0-N``), and its location."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "GET",
@@ -313,6 +337,7 @@ class RegistryClient:
         return offset, urljoin(resp.url, loc) if loc else location
 
     async def upload_cancel(self, repository: str, location: str) -> None:
+        repository = self.wire(repository)
         await self._send(
             Request(
                 "DELETE",
@@ -372,6 +397,7 @@ class RegistryClient:
         A repository that does not exist is an empty list, or with ``missing_ok=False`` a
         ``NotFoundError`` (a source repository a rule names exactly must exist).
         """
+        repository = self.wire(repository)
         return await self._paginate(
             f"/v2/{repository}/tags/list",
             "tags",
@@ -399,6 +425,7 @@ class RegistryClient:
         asked of the server; a server that did not apply it (no ``artifactType`` in
         ``OCI-Filters-Applied``) is filtered here, so the answer is the same either way.
         """
+        repository = self.wire(repository)
         path = f"/v2/{repository}/referrers/{digest}"
         query: tuple[tuple[str, str], ...] = (
             (("artifactType", artifact_type),) if artifact_type else ()

@@ -41,6 +41,7 @@ from syncd.errors import (
     SyncdError,
     TLSError,
 )
+from syncd.reference import origin
 from syncd.registry.auth import Authenticator, parse_challenge
 from syncd.registry.bodies import read_capped
 
@@ -191,6 +192,10 @@ class Transport:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
+        # Compared with every absolute URL the registry hands back (upload Locations):
+        # normalised, so ``LOCALHOST:80`` and ``localhost`` are the same host.
+        self.origin = origin(self.base_url)
+        self.max_concurrency = max_concurrency
         self.auth = authenticator
         self.metrics = metrics
         self.ssl = ssl
@@ -235,7 +240,7 @@ class Transport:
         """The request's URL, and whether it is on the registry itself (not a redirect or
         an upload Location on another host)."""
         if req.path.startswith(("http://", "https://")):
-            return req.path, urlsplit(req.path).netloc == self.host
+            return req.path, origin(req.path) == self.origin
         return self.base_url + req.path, True
 
     async def ping(self, attempts: int = 0) -> None:
