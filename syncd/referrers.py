@@ -215,7 +215,21 @@ class ReferrerSync:
             known = self._api.get(name)
             if known is not None:
                 return known, None
-            index = await endpoint.client.referrers(endpoint.repository, digest)
+            try:
+                index = await endpoint.client.referrers(endpoint.repository, digest)
+            except SyncdError as e:
+                # The probe is a question, not work the image needs: no image fails because
+                # of it. A refusal (4xx) is as good as "no API"; a transient failure (5xx,
+                # network) answers "no" for this image only and is asked again later.
+                log.warning(
+                    "%s: referrers API probe failed (%s); using the tag schemes",
+                    name,
+                    e,
+                    extra={"registry": name, "event": "referrers_api_probe_failed"},
+                )
+                if not e.retryable:
+                    self._api[name] = False
+                return False, None
             self._api[name] = index is not None
             log.info(
                 "%s %s",

@@ -25,6 +25,7 @@ from syncd.registry.pool import ClientPool
 from syncd.rules import (
     is_glob,
     is_immutable,
+    names_tag,
     repository_matches,
     select_repositories,
     select_tags,
@@ -267,10 +268,15 @@ class Syncer:
                 extra={"rule": rule.name, "repository": repo, "event": "empty_repository"},
             )
         # Referrer tags travel with their subject (syncd/referrers.py), not as images (nor
-        # are they gated as images); with both off they are tags like any other.
+        # are they gated as images). With ``referrers: false`` they are not copied at all,
+        # unless the tag filter asks for them by name or by an include pattern.
         referrer_tags = frozenset(t for t in all_tags if is_referrer_tag(t))
-        as_images = not (rule.referrers or rule.require_signature)
-        listed = all_tags if as_images else [t for t in all_tags if t not in referrer_tags]
+        carried = rule.referrers or rule.require_signature
+        listed = [
+            t
+            for t in all_tags
+            if t not in referrer_tags or (not carried and names_tag(rule.tags, t))
+        ]
         tags = select_tags(listed, rule.tags)
         if rule.tags.names:
             # An explicitly named tag that the source lacks is an error, not a filter.

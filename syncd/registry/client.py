@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from syncd.digest import digest_of
-from syncd.errors import DigestMismatchError, ServerError
+from syncd.errors import DigestMismatchError, ManifestInvalidError, ServerError
 from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
 from syncd.reference import hub_repository, is_docker_hub, split_origin
 from syncd.registry.auth import repository_scope
@@ -28,6 +28,10 @@ CHUNK_SIZE = 1024 * 1024
 _PAGE_SIZE = 1000
 # A registry that keeps handing out `next` links must not hold us forever.
 _MAX_PAGES = 10_000
+# First-page answers that mean "this registry has no referrers API": 404 is what the spec
+# leaves to registries without it (distribution-spec "Listing Referrers"); 400, 405 and
+# 406 are what real ones send for a path they do not route or an Accept they refuse.
+NO_REFERRERS_API = (400, 404, 405, 406)
 _LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
@@ -419,8 +423,9 @@ class RegistryClient:
         """The OCI 1.1 referrers of ``digest`` as one index, or None without the API.
 
         ``GET /v2/<name>/referrers/<digest>`` (distribution-spec 1.1 "Listing Referrers").
-        A registry that implements it must not answer 404, so a 404 means "no referrers
-        API here" and the caller falls back on the referrers tag schema. Pages (``Link``
+        A registry that implements it must not answer 404, so a 404 (or 400/405/406, or a
+        first page that is not an image index) means "no referrers API here" and the
+        caller falls back on the referrers tag schema. Pages (``Link``
         ``rel="next"``) are merged into one index. With ``artifact_type`` the filter is
         asked of the server; a server that did not apply it (no ``artifactType`` in
         ``OCI-Filters-Applied``) is filtered here, so the answer is the same either way.
@@ -442,18 +447,25 @@ class RegistryClient:
                     query=query,
                     headers={"Accept": OCI_INDEX},
                     # Only the first page may say "no API"; a later 404 is a broken server.
-                    absent=(404,) if page == 0 else (),
+                    absent=NO_REFERRERS_API if page == 0 else (),
                     scopes=(repository_scope(repository, "pull"),),
                     max_body=MAX_MANIFEST_BYTES,
                 )
             )
-            if resp.status == 404:
+            if resp.status in NO_REFERRERS_API:
                 return None
             where = f"{self.name}/{repository} referrers of {digest}"
-            index = parse_manifest(resp.body, OCI_INDEX, where=where)
-            if not index.is_index:
+            try:
+                index = parse_manifest(resp.body, OCI_INDEX, where=where)
+            except ManifestInvalidError:
+                index = None
+            if index is None or not index.is_index:
+                if page == 0:
+                    # A 200 that is not an image index (an HTML page, a registry UI,
+                    # ``{}``): not the API, as go-containerregistry also reads it.
+                    return None
                 raise ServerError(
-                    f"referrers answer is {index.media_type}, not an index",
+                    "referrers answer is not an image index",
                     registry=self.name,
                     repository=repository,
                 )
