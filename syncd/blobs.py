@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import (
+    AuthError,
     ClientRequestError,
     DigestMismatchError,
     SyncdError,
 )
 from syncd.manifest import Descriptor
 from syncd.registry.client import RegistryClient
+from syncd.registry.slots import TransferSlots
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -110,6 +112,8 @@ class BlobMover:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         # (target registry, digest) -> future of an upload under way somewhere in it
         self._uploading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        # Source and target connections of a tee, taken together (see registry/slots.py).
+        self.slots = TransferSlots()
         # Asked, when a blob is missing from a repository and nothing is known of it, for
         # another repository of that registry that has it (the copy engine looks through
         # images it found up to date there: see CopyEngine._locate).
@@ -158,7 +162,7 @@ class BlobMover:
                 pending[t] = other
         try:
             prepared = await asyncio.gather(
-                *(self._prepare(t, blob, counts[t], pending.get(t)) for t, _ in mine),
+                *(self._prepare(source, t, blob, counts[t], pending.get(t)) for t, _ in mine),
                 return_exceptions=True,
             )
             uploads: list[tuple[Endpoint, str, asyncio.Future[str]]] = []
@@ -214,6 +218,7 @@ class BlobMover:
 
     async def _prepare(
         self,
+        source: Endpoint,
         t: Endpoint,
         blob: Descriptor,
         counts: BlobCounts,
@@ -223,6 +228,12 @@ class BlobMover:
         if self._seen(t, blob.digest):
             self._skipped(t, blob, counts)
             return None
+        if t.client.origin == source.client.origin and t.repository != source.repository:
+            # Promotion inside one registry: the source repository has every blob, so a
+            # mount links it without a byte read or written (distribution-spec "Mounting
+            # a blob from another repository"). A mount answers 201 also when the target
+            # already had it; a declined one (202) opens the session the upload needs.
+            return await self._mount(t, blob, counts, source.repository)
         reg_key = (t.client.name, blob.digest)
         if pending is not None:
             # Another repository of this registry is receiving it now: wait, then mount.
@@ -260,7 +271,22 @@ class BlobMover:
         self, t: Endpoint, blob: Descriptor, counts: BlobCounts, from_repository: str
     ) -> str | None:
         """None once mounted; else the upload session the registry opened instead."""
-        location = await t.client.blob_mount(t.repository, blob.digest, from_repository)
+        try:
+            location = await t.client.blob_mount(t.repository, blob.digest, from_repository)
+        except AuthError as e:
+            # The target's credentials may push here but not pull from the other
+            # repository (a token registry then refuses the mount outright instead of
+            # answering 202): upload instead, as a declined mount would.
+            log.info(
+                "%s: mount of %s from %s refused (%s); uploading",
+                t,
+                blob.digest,
+                from_repository,
+                e,
+                extra={"event": "mount_refused", "digest": blob.digest},
+            )
+            self._locations.pop((t.client.name, blob.digest), None)
+            return await t.client.upload_start(t.repository)
         if location is None:
             self._remember(t, blob.digest)
             counts.mounted += 1
@@ -304,9 +330,10 @@ class BlobMover:
         while batches:
             failed: list[tuple[_Session, BaseException]] = []
             for group, resume_at in batches:
-                errors = await self._tee(
-                    source, blob, group, resume_at=resume_at, checkpoints=checkpoints
-                )
+                async with self.slots.take(_needs(source, group)):
+                    errors = await self._tee(
+                        source, blob, group, resume_at=resume_at, checkpoints=checkpoints
+                    )
                 for s, err in zip(group, errors, strict=True):
                     if err is None:
                         self._copied(s.endpoint, blob, counts)
@@ -569,6 +596,16 @@ class BlobMover:
             )
             offset = boundary
             s.acked = offset
+
+
+def _needs(source: Endpoint, sessions: Sequence[_Session]) -> dict[str, tuple[int, int]]:
+    """Connections one tee holds at once, per registry: the source GET, and one upload
+    request per target session (chunks go one after the other)."""
+    needs: dict[str, tuple[int, int]] = {}
+    for client in [source.client, *(s.endpoint.client for s in sessions)]:
+        held = needs.get(client.name, (0, 0))[0]
+        needs[client.name] = (held + 1, client.transport.max_concurrency)
+    return needs
 
 
 @dataclass(slots=True, eq=False)
