@@ -23,6 +23,8 @@ class TransferSlots:
     def __init__(self) -> None:
         self._in_use: dict[str, int] = {}
         self._waiters: list[asyncio.Future[None]] = []
+        # The most slots ever held at once per registry (observability, and tests).
+        self.peak: dict[str, int] = {}
 
     def in_use(self, name: str) -> int:
         return self._in_use.get(name, 0)
@@ -46,6 +48,7 @@ class TransferSlots:
                     self._waiters.remove(waiter)
         for name, n in want.items():
             self._in_use[name] = self.in_use(name) + n
+            self.peak[name] = max(self.peak.get(name, 0), self._in_use[name])
         try:
             yield
         finally:
