@@ -56,18 +56,11 @@ async def test_slots_are_taken_all_or_none() -> None:
     only the free one goes ahead of it."""
     slots = TransferSlots()
     entered = {name: asyncio.Event() for name in ("both", "b")}
-    release_a = asyncio.Event()
 
-    async def hold(
-        needs: dict[str, tuple[int, int]], name: str | None, until: asyncio.Event
-    ) -> None:
+    async def hold(needs: dict[str, tuple[int, int]], name: str) -> None:
         async with slots.take(needs):
-            if name:
-                entered[name].set()
-            await until.wait()
+            entered[name].set()
 
-    done = asyncio.Event()
-    done.set()
     async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
         async with slots.take({"a": (1, 1)}):
             both = tg.create_task(hold({"a": (1, 1), "b": (1, 1)}, "both"))
