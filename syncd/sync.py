@@ -507,10 +507,21 @@ class Syncer:
     async def _track_bytes(
         self, rule: RuleConfig, source: Endpoint, job: _Job, image: ImageResult
     ) -> None:
+        # Read from a target that holds the image, not from the source: bookkeeping must
+        # not spend source pulls (Docker Hub counts manifest GETs against its quota). A
+        # manifest this process already holds (by digest) costs no request at all.
+        held = [o for o in image.outcomes if o.action in ("up_to_date", "copied") and o.digest]
+        where = (
+            Endpoint(
+                self.pool.client(held[0].target).with_retries(rule.retries), held[0].repository
+            )
+            if held
+            else source
+        )
         try:
-            m = image.manifest or await self.engine.manifest(source, image.digest)
+            m = image.manifest or await self.engine.manifest(where, image.digest)
             blobs: dict[str, int] = {}
-            for part in [m, *(await self.engine.children(source, m) if m.is_index else [])]:
+            for part in [m, *(await self.engine.children(where, m) if m.is_index else [])]:
                 blobs.update((b.digest, b.size) for b in part.blobs)
         except SyncdError as e:
             log.debug("cannot account bytes of %s: %s", image.source, e)
