@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
-from syncd.errors import NotFoundError, SyncdError, failure_reason
+from syncd.errors import (
+    ClientRequestError,
+    NotFoundError,
+    RegistryError,
+    SyncdError,
+    failure_reason,
+)
 from syncd.manifest import Descriptor
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
@@ -243,8 +249,23 @@ class Syncer:
             # A webhook names repositories; keep those the rule covers.
             return sorted(r for r in only if any(repository_matches(p, r) for p in patterns))
         catalog: list[str] = []
-        if any(is_glob(p) for p in patterns):
-            catalog = await self.pool.client(rule.source).with_retries(rule.retries).catalog()
+        globs = [p for p in patterns if is_glob(p)]
+        if globs:
+            try:
+                catalog = await self.pool.client(rule.source).with_retries(rule.retries).catalog()
+            except RegistryError as e:
+                if not _no_catalog(e):
+                    raise
+                # Docker Hub, GHCR and others do not implement the catalog (it is optional
+                # in the distribution spec): say so instead of a rule that matches nothing.
+                raise ClientRequestError(
+                    f"registry {rule.source!r} does not list its repositories "
+                    f"(GET /v2/_catalog answered {e.status}"
+                    + (" UNSUPPORTED" if e.status not in (404, 405) else "")
+                    + f"): rule {rule.name!r} cannot expand {', '.join(globs)}; "
+                    "list the repositories by name",
+                    status=e.status,
+                ) from None
         return select_repositories(patterns, catalog)
 
     async def _jobs(
@@ -583,6 +604,16 @@ class Syncer:
             result.synced += 1
         else:
             result.skipped += 1
+
+
+def _no_catalog(e: RegistryError) -> bool:
+    """Whether a catalog request failed because the registry has no catalog at all: 404 or
+    405 for the path, or the spec's ``UNSUPPORTED`` code (also inside a 401, as some
+    registries answer a catalog request they never serve)."""
+    # A 401/403 carries the registry's words in the message rather than in ``details``.
+    if any(d.code == "UNSUPPORTED" for d in e.details) or "UNSUPPORTED" in e.message:
+        return True
+    return e.status in (404, 405)
 
 
 def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:

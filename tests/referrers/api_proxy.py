@@ -37,11 +37,15 @@ class ReferrersFront:
         page_size: int = 1,
         filters: bool = True,
         inject: tuple[int, bytes, str] | None = None,
+        answers: dict[str, tuple[int, bytes, str]] | None = None,
     ) -> None:
         self.upstream = upstream
         # (status, body, content type) to answer every referrers request with instead:
         # what registries without the API really send (400/405/406, an HTML page).
         self.inject = inject
+        # path -> (status, body, content type): other endpoints answered by the front
+        # (a registry without ``/v2/_catalog``).
+        self.answers = dict(answers or {})
         self.page_size = page_size
         self.filters = filters
         self.port = free_port()
@@ -92,6 +96,9 @@ class ReferrersFront:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if path in self.answers:
+            status, payload, ctype = self.answers[path]
+            return web.Response(status=status, body=payload, headers={"Content-Type": ctype})
         if request.method == "GET" and "/referrers/" in path and path.startswith("/v2/"):
             return self._referrers(request)
         body = await request.read()
