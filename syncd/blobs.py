@@ -212,6 +212,12 @@ class BlobMover:
         for key in [k for k, repo in self._locations.items() if repo == t.repository]:
             del self._locations[key]
 
+    def forget_registry(self, name: str) -> None:
+        """Forget every location and presence learned at registry ``name``."""
+        for lru in (self._locations, self._present):
+            for key in [k for k in lru if k[0] == name]:
+                del lru[key]
+
     def _seen(self, t: Endpoint, digest: str) -> bool:
         at = self._present.get((t.client.name, t.repository, digest))
         return at is not None and time.monotonic() - at < PRESENT_TTL

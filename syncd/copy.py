@@ -235,6 +235,16 @@ class CopyEngine:
         self._locating: dict[str, asyncio.Lock] = {}
         self.blobs.locate = self._locate
 
+    def forget_registry(self, name: str) -> None:
+        """Drop what was learned about registry ``name`` (a reload changed or removed it);
+        manifests are content-addressed and stay."""
+        self.blobs.forget_registry(name)
+        self._present_images.pop(name, None)
+        for key in [k for k in self._verified if k[0] == name]:
+            del self._verified[key]
+        for key in [k for k in self._located if k[0] == name]:
+            del self._located[key]
+
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
         """A manifest by digest, from the cache (content-addressed, so never stale)."""
@@ -467,7 +477,9 @@ class CopyEngine:
         claimed, joined = self._tag_copies.split(
             (
                 (
-                    s.endpoint.client.name,
+                    # By origin, not name: two names (or a reloaded config's and the old
+                    # one's) for one registry are still one tag.
+                    s.endpoint.client.origin,
                     s.endpoint.repository,
                     s.tag or result.digest,
                     result.digest,
@@ -642,7 +654,7 @@ class CopyEngine:
         wait for it and share its outcome.
         """
         claimed, joined = self._child_pushes.split(
-            ((t.client.name, t.repository, digest), t, None) for t in targets if t not in failures
+            ((t.client.origin, t.repository, digest), t, None) for t in targets if t not in failures
         )
         with self._child_pushes.owning(
             claimed, failures, f"another push of child manifest {digest} was interrupted"

@@ -192,6 +192,10 @@ class ReferrerSync:
             else:
                 self._carrying[key] = (lock, users - 1)
 
+    def forget_registry(self, name: str) -> None:
+        """Ask registry ``name`` about the referrers API again (a reload changed it)."""
+        self._api.pop(name, None)
+
     def for_job(self, rule: RuleConfig, source: Endpoint, tags: Collection[str]) -> SourceReferrers:
         """A view of one source repository for one job (one tag), with its own memo."""
         return SourceReferrers(self, rule, source, tags)

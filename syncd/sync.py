@@ -121,17 +121,26 @@ class Syncer:
         *,
         track_target_bytes: bool = True,
         probe_up_to_date: bool = True,
+        referrers: ReferrerSync | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.engine = engine
         self.metrics = metrics
         self.track_target_bytes = track_target_bytes
-        self.referrers = ReferrerSync(engine, metrics, probe_up_to_date=probe_up_to_date)
+        self.referrers = referrers or ReferrerSync(
+            engine, metrics, probe_up_to_date=probe_up_to_date
+        )
         # (target, repository) -> (rule, tag) -> {blob digest: size}; for syncd_target_bytes
         self._kept: dict[tuple[str, str], dict[tuple[str, str], dict[str, int]]] = {}
         # Called after each image of a pass (the CLI's progress display).
         self.progress: Callable[[str, RulePassResult], None] | None = None
+
+    def inherit(self, previous: Syncer) -> None:
+        """Carry the byte accounting of targets this config still has."""
+        for (target, repo), kept in previous._kept.items():
+            if target in self.config.registries:
+                self._kept.setdefault((target, repo), {}).update(kept)
 
     # -- a whole pass ----------------------------------------------------------------------
     async def run_pass(
@@ -627,18 +636,40 @@ async def open_syncer(
     *,
     track_target_bytes: bool = True,
     probe_up_to_date: bool = True,
+    previous: Syncer | None = None,
 ) -> AsyncIterator[Syncer]:
     """A Syncer with one HTTP session per registry, closed on exit.
 
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
     the once-per-registry referrers-API probe; see ``ReferrerSync``.
+
+    ``previous`` (a config reload): the new Syncer keeps what that one learned: the
+    clients (sessions, tokens) of registries whose config is unchanged, the copy engine
+    (manifest and blob-location caches, and its one-copy-at-a-time bookkeeping, so a
+    pass of the old config and one of the new never copy the same tag at once), the
+    referrers-API answers and the byte accounting. What was learned about a registry
+    whose config changed is forgotten.
     """
     async with ClientPool(config.registries, metrics=metrics) as pool:
-        yield Syncer(
+        if previous is None:
+            engine = CopyEngine(metrics)
+            referrers = None
+        else:
+            pool.adopt(previous.pool)
+            engine, referrers = previous.engine, previous.referrers
+            old = previous.pool.configs
+            for name in [n for n, reg in old.items() if config.registries.get(n) != reg]:
+                engine.forget_registry(name)
+                referrers.forget_registry(name)
+        syncer = Syncer(
             config,
             pool,
-            CopyEngine(metrics),
+            engine,
             metrics,
             track_target_bytes=track_target_bytes,
             probe_up_to_date=probe_up_to_date,
+            referrers=referrers,
         )
+        if previous is not None:
+            syncer.inherit(previous)
+        yield syncer

@@ -40,6 +40,8 @@ class ClientPool:
         self._retries = retries
         self._user_agent = user_agent
         self._clients: dict[str, RegistryClient] = {}
+        # The clients this pool closes: those it made, and those handed over to it.
+        self._owned: set[str] = set()
 
     def client(self, name: str) -> RegistryClient:
         """The shared client of registry ``name`` (created on first use)."""
@@ -86,12 +88,32 @@ class ClientPool:
             username=reg.username,
         )
         client = self._clients[name] = RegistryClient(transport)
+        self._owned.add(name)
         return client
 
+    def adopt(self, previous: ClientPool) -> list[str]:
+        """Take over ``previous``'s clients of registries whose config is unchanged: their
+        sessions, cached tokens and learned challenges outlive a config reload. The
+        previous pool keeps using them until it closes, and then leaves them open.
+        Returns the names taken over."""
+        taken = []
+        for name, reg in self.configs.items():
+            client = previous._clients.get(name)
+            if client is None or previous.configs.get(name) != reg or name in self._clients:
+                continue
+            self._clients[name] = client
+            if name in previous._owned:
+                previous._owned.discard(name)
+                self._owned.add(name)
+            taken.append(name)
+        return taken
+
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.transport.aclose()
+        for name, client in self._clients.items():
+            if name in self._owned:
+                await client.transport.aclose()
         self._clients.clear()
+        self._owned.clear()
 
     async def __aenter__(self) -> ClientPool:
         return self
