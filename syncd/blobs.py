@@ -19,11 +19,19 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from syncd.blobs_session import (
+    LRU,
+    BlobCounts,
+    Pieces,
+    UploadSession,
+    drain,
+    force_put,
+    transfer_needs,
+)
 from syncd.errors import (
     AuthError,
     ClientRequestError,
@@ -65,30 +73,6 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.client.name}/{self.repository}"
-
-
-class LRU(OrderedDict[Any, Any]):
-    """A bounded mapping that forgets the least recently remembered entry."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
-
-
-@dataclass(slots=True)
-class BlobCounts:
-    """Blob work done for one target during one image copy."""
-
-    copied: int = 0
-    mounted: int = 0
-    skipped: int = 0
-    bytes: int = 0
 
 
 class BlobMover:
@@ -324,7 +308,7 @@ class BlobMover:
         ``retries`` failures in a row that gained no new acknowledged bytes end it.
         """
         chunked = blob.size > self.chunked_threshold
-        sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
+        sessions = [UploadSession(t, loc, fut, chunked) for t, loc, fut in uploads]
         # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
         # what lets a resumed upload still verify the WHOLE blob.
         checkpoints: dict[int, Any] = {}
@@ -332,11 +316,11 @@ class BlobMover:
             checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
         attempts = max(1, source.client.attempts)
         # Each batch is one source read: (sessions, offset the registry already holds).
-        batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
+        batches: list[tuple[list[UploadSession], int]] = [(sessions, 0)]
         while batches:
-            failed: list[tuple[_Session, BaseException]] = []
+            failed: list[tuple[UploadSession, BaseException]] = []
             for group, resume_at in batches:
-                async with self.slots.take(_needs(source, group)):
+                async with self.slots.take(transfer_needs(source, group)):
                     errors = await self._tee(
                         source, blob, group, resume_at=resume_at, checkpoints=checkpoints
                     )
@@ -346,7 +330,7 @@ class BlobMover:
                         s.future.set_result("copied")
                     else:
                         failed.append((s, err))
-            retry: list[_Session] = []
+            retry: list[UploadSession] = []
             for s, err in failed:
                 if s.acked > s.best:
                     s.best = s.acked  # new bytes acknowledged: the budget starts over
@@ -374,7 +358,7 @@ class BlobMover:
             worst = max(s.failures for s in retry)
             await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
             batches = []
-            fresh: list[_Session] = []
+            fresh: list[UploadSession] = []
             for s in retry:
                 at = await self._resume_point(s, blob)
                 if at is not None:
@@ -391,7 +375,7 @@ class BlobMover:
                 # Targets starting over still share one source read.
                 batches.append((fresh, 0))
 
-    async def _abandon(self, s: _Session) -> None:
+    async def _abandon(self, s: UploadSession) -> None:
         """Best effort: tell the registry to drop a session we give up on (its partial
         bytes would otherwise wait for the registry's upload purging)."""
         with contextlib.suppress(SyncdError):
@@ -405,7 +389,7 @@ class BlobMover:
             self.metrics.blobs_copied.labels(target=t.client.name).inc()
             self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(blob.size)
 
-    async def _resume_point(self, s: _Session, blob: Descriptor) -> int | None:
+    async def _resume_point(self, s: UploadSession, blob: Descriptor) -> int | None:
         """The offset to resume ``s`` at, or None to start a fresh session.
 
         Asks the registry (``GET`` on the upload URL, ``Range: 0-N``). CNCF distribution
@@ -463,7 +447,7 @@ class BlobMover:
         self,
         source: Endpoint,
         blob: Descriptor,
-        sessions: Sequence[_Session],
+        sessions: Sequence[UploadSession],
         *,
         resume_at: int = 0,
         checkpoints: dict[int, Any],
@@ -499,7 +483,7 @@ class BlobMover:
                     await read(0)
             except BaseException as e:
                 for q in queues:
-                    _force_put(q, e)
+                    force_put(q, e)
                 raise
 
         async def read(begin_at: int) -> None:
@@ -539,7 +523,7 @@ class BlobMover:
         async def consume(i: int) -> None:
             s = sessions[i]
             t = s.endpoint
-            pieces = _Pieces(queues[i])
+            pieces = Pieces(queues[i])
             try:
                 if s.chunked:
                     await self._send_chunks(s, blob, pieces, resume_at)
@@ -553,7 +537,7 @@ class BlobMover:
                     )
             except BaseException:
                 dead[i] = True
-                _drain(queues[i])
+                drain(queues[i])
                 raise
 
         results = await asyncio.gather(
@@ -574,7 +558,7 @@ class BlobMover:
         return out
 
     async def _send_chunks(
-        self, s: _Session, blob: Descriptor, pieces: _Pieces, offset: int
+        self, s: UploadSession, blob: Descriptor, pieces: Pieces, offset: int
     ) -> None:
         """PATCH chunk after chunk from ``offset``; the last chunk rides in the committing PUT.
 
@@ -602,64 +586,3 @@ class BlobMover:
             )
             offset = boundary
             s.acked = offset
-
-
-def _needs(source: Endpoint, sessions: Sequence[_Session]) -> dict[str, tuple[int, int]]:
-    """Connections one tee holds at once, per registry: the source GET, and one upload
-    request per target session (chunks go one after the other)."""
-    needs: dict[str, tuple[int, int]] = {}
-    for client in [source.client, *(s.endpoint.client for s in sessions)]:
-        held = needs.get(client.name, (0, 0))[0]
-        needs[client.name] = (held + 1, client.transport.max_concurrency)
-    return needs
-
-
-@dataclass(slots=True, eq=False)
-class _Session:
-    """One target's upload of one blob: where it is and what the registry acknowledged."""
-
-    endpoint: Endpoint
-    location: str
-    future: asyncio.Future[str]
-    chunked: bool
-    acked: int = 0  # end of the last PATCH the registry answered
-    best: int = 0  # the most ever acknowledged, so only real progress resets ``failures``
-    failures: int = 0  # failed attempts since the last progress
-
-
-class _Pieces:
-    """A consumer's view of its queue: exactly ``n`` bytes at a time, or an error."""
-
-    def __init__(self, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
-        self._queue = queue
-
-    async def take(self, n: int) -> AsyncIterator[bytes]:
-        left = n
-        while left > 0:
-            item = await self._queue.get()
-            if item is None or isinstance(item, BaseException) or len(item) > left:
-                raise _SourceFailed()
-            left -= len(item)
-            yield item
-
-    def body(self, n: int) -> Callable[[], AsyncIterator[bytes]]:
-        """A request body factory for the next ``n`` bytes (used once: not replayable)."""
-        return lambda: self.take(n)
-
-    async def end(self) -> None:
-        if await self._queue.get() is not None:
-            raise _SourceFailed()
-
-
-class _SourceFailed(Exception):
-    """Raised inside an upload body when the source stream failed; aborts that request."""
-
-
-def _drain(q: asyncio.Queue[Any]) -> None:
-    while not q.empty():
-        q.get_nowait()
-
-
-def _force_put(q: asyncio.Queue[Any], item: Any) -> None:
-    _drain(q)
-    q.put_nowait(item)

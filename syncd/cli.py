@@ -21,7 +21,8 @@ from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import configure
-from syncd.sync import PlanEntry, RulePassResult, open_syncer
+from syncd.sync import open_syncer
+from syncd.sync_plan import PlanEntry, RulePassResult
 
 log = logging.getLogger("syncd")
 

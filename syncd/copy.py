@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
+from syncd.blobs import BlobMover, Endpoint
+from syncd.blobs_session import LRU, BlobCounts
 from syncd.errors import (
     ManifestInvalidError,
     NotFoundError,

@@ -192,17 +192,14 @@ class Transport:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
-        # Compared with every absolute URL the registry hands back (upload Locations):
-        # normalised, so ``LOCALHOST:80`` and ``localhost`` are the same host.
-        self.origin = origin(self.base_url)
-        self.max_concurrency = max_concurrency
+        self.origin = origin(self.base_url)  # normalised: compared with upload Locations
         self.auth = authenticator
         self.metrics = metrics
         self.ssl = ssl
         self.retries = max(1, retries)
         self.username = username
         self._user_agent = user_agent
-        self._max_concurrency = max_concurrency
+        self.max_concurrency = max_concurrency
         self._session: aiohttp.ClientSession | None = None
         self._ping_lock = asyncio.Lock()
         self._ping_failure: tuple[float, SyncdError] | None = None
@@ -218,7 +215,7 @@ class Transport:
         if self._session is None:
             # limit caps parallel connections to this registry: max_concurrency.
             connector = aiohttp.TCPConnector(
-                limit=self._max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
+                limit=self.max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

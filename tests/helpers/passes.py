@@ -7,7 +7,8 @@ from typing import Any
 
 from syncd.config.schema import Config, RegistryConfig, RuleConfig
 from syncd.metrics import Metrics
-from syncd.sync import RulePassResult, open_syncer
+from syncd.sync import open_syncer
+from syncd.sync_plan import RulePassResult
 from tests.helpers.registry import Registry
 
 
