@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
 from syncd.errors import (
     ClientRequestError,
     NotFoundError,
@@ -24,7 +25,8 @@ from syncd.errors import (
     SyncdError,
     failure_reason,
 )
-from syncd.referrers import ReferrerSync, is_referrer_tag
+from syncd.referrers import ReferrerSync
+from syncd.referrers_tags import is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
 from syncd.rules import (

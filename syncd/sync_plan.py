@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
 from syncd.errors import SyncdError, failure_reason
 from syncd.manifest import Descriptor
 
