@@ -77,3 +77,36 @@ async def test_no_api_answers_use_the_tag_schemes(
     assert manifest_raw(target.url, REPO, sbom.digest) == sbom.raw
     assert fallback_tag(images[0].digest) in tags(target.url, REPO)
     assert manifest_raw(target.url, REPO, fallback_tag(images[1].digest) + ".sig") == sig.raw
+
+
+@pytest.mark.parametrize(
+    ("inject", "probes"),
+    [
+        ((403, b'{"errors":[{"code":"DENIED"}]}', JSON), 1),
+        ((500, b"internal error", "text/plain"), 3),
+    ],
+    ids=["403-remembered", "500-asked-again"],
+)
+async def test_a_failing_probe_fails_no_image(
+    registries: RegistryFactory,
+    fronts: list[ReferrersFront],
+    target: Registry,
+    inject: tuple[int, bytes, str],
+    probes: int,
+) -> None:
+    """A refusal is remembered as "no API"; a server error answers "no" for that image only
+    (asked again for the next). Either way every image and its cosign signature arrive."""
+    f = ReferrersFront(registries(), inject=inject).start()
+    fronts.append(f)
+    images = [image(f"probe-fail-{i}") for i in range(3)]
+    for i, img in enumerate(images):
+        push(f.upstream.url, REPO, f"v{i}", img)
+    sig = cosign_signature(f.upstream, REPO, images[2], "v2")
+    cfg = make_config(f.url, [target], [REPO], concurrency=1, retries=1)
+
+    result = await sync(cfg)
+
+    assert result.failed == 0 and result.synced == 3, result.failures
+    # Remembered: one probe. Not remembered: at least one per image.
+    assert f.referrers_requests == probes if probes == 1 else f.referrers_requests >= probes
+    assert manifest_raw(target.url, REPO, fallback_tag(images[2].digest) + ".sig") == sig.raw
