@@ -45,6 +45,9 @@ from syncd.registry.slots import TransferSlots
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
+# LRU and BlobCounts live in blobs_session and are still imported from here.
+__all__ = ["LRU", "BlobCounts", "BlobMover", "Endpoint"]
+
 log = logging.getLogger(__name__)
 
 # Chunks buffered per target while teeing one source stream: bounds memory to

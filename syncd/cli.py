@@ -21,8 +21,7 @@ from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import configure
-from syncd.sync import open_syncer
-from syncd.sync_plan import PlanEntry, RulePassResult
+from syncd.sync import PlanEntry, RulePassResult, open_syncer
 
 log = logging.getLogger("syncd")
 

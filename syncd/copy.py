@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from syncd.blobs import BlobMover, Endpoint
-from syncd.blobs_session import LRU, BlobCounts
+from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
 from syncd.copy_flight import Lookahead, OnePerKey, gather_all
 from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec, filter_platforms
 from syncd.errors import (
@@ -40,6 +39,16 @@ from syncd.rules import backup_tag, platform_selected
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
+
+# The values and helpers split out of this module are still imported from here.
+__all__ = [
+    "CopyEngine",
+    "ImageResult",
+    "Lookahead",
+    "TargetOutcome",
+    "TargetSpec",
+    "filter_platforms",
+]
 
 log = logging.getLogger(__name__)
 

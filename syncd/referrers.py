@@ -50,6 +50,19 @@ from syncd.registry.client import ManifestInfo
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
+__all__ = [  # with what referrers_tags holds, still imported from here
+    "COSIGN_SUFFIXES",
+    "MAX_DEPTH",
+    "Carried",
+    "Referrer",
+    "ReferrerSync",
+    "SourceReferrers",
+    "fallback_tag",
+    "is_referrer_tag",
+    "is_signature_type",
+    "merge_fallback_index",
+]
+
 log = logging.getLogger(__name__)
 
 

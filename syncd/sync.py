@@ -11,22 +11,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
-from syncd.copy import CopyEngine
-from syncd.copy_result import ImageResult, TargetSpec
-from syncd.errors import (
-    ClientRequestError,
-    NotFoundError,
-    RegistryError,
-    SyncdError,
-    failure_reason,
-)
-from syncd.referrers import ReferrerSync
-from syncd.referrers_tags import is_referrer_tag
+from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
+from syncd.manifest import Descriptor
+from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
 from syncd.rules import (
@@ -38,12 +31,68 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
-from syncd.sync_plan import PlanEntry, RulePassResult, plan_entries
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PlanEntry:
+    """One image at one target, as ``plan`` reports it."""
+
+    rule: str
+    source: str
+    tag: str
+    source_digest: str
+    digest: str
+    target: str
+    # up_to_date | copy | overwrite_refused | filtered | failed | immutable | referrer | unsigned
+    action: str
+    missing_blobs: list[Descriptor] = field(default_factory=list)
+    missing_manifests: int = 0
+    filtered_index: bool = False
+    error: str = ""
+    referrer_type: str = ""  # action "referrer": the artifactType of what would be copied
+
+    @property
+    def missing_bytes(self) -> int:
+        return sum(b.size for b in self.missing_blobs)
+
+
+@dataclass(slots=True)
+class RulePassResult:
+    """The outcome of one pass of one rule."""
+
+    rule: str
+    synced: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    bytes_copied: int = 0
+    referrers_copied: int = 0
+    failures: list[str] = field(default_factory=list)
+    plan: list[PlanEntry] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def add(self, other: RulePassResult) -> None:
+        self.synced += other.synced
+        self.skipped += other.skipped
+        self.failed += other.failed
+        self.blobs_copied += other.blobs_copied
+        self.blobs_mounted += other.blobs_mounted
+        self.blobs_skipped += other.blobs_skipped
+        self.bytes_copied += other.bytes_copied
+        self.referrers_copied += other.referrers_copied
+        self.failures.extend(other.failures)
+        self.plan.extend(other.plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,16 +256,10 @@ class Syncer:
         if globs:
             try:
                 catalog = await self.pool.client(rule.source).with_retries(rule.retries).catalog()
-            except RegistryError as e:
-                if not _no_catalog(e):
-                    raise
-                # Docker Hub, GHCR and others do not implement the catalog (it is optional
-                # in the distribution spec): say so instead of a rule that matches nothing.
-                raise ClientRequestError(
-                    f"registry {rule.source!r} does not list its repositories "
-                    f"(GET /v2/_catalog answered {e.status}"
-                    + (" UNSUPPORTED" if e.status not in (404, 405) else "")
-                    + f"): rule {rule.name!r} cannot expand {', '.join(globs)}; "
+            except CatalogUnsupportedError as e:
+                # Say so, instead of a rule that silently matches nothing.
+                raise CatalogUnsupportedError(
+                    f"{e.message}: rule {rule.name!r} cannot expand {', '.join(globs)}; "
                     "list the repositories by name",
                     status=e.status,
                 ) from None
@@ -387,9 +430,7 @@ class Syncer:
                 )
         # -- end referrers
         if dry_run:
-            await plan_entries(
-                self.engine, rule, source, job.tag, job.targets, image, specs, result
-            )
+            await self._plan_entries(rule, source, job, image, specs, result)
             result.plan.extend(planned)
             return
         self._account(rule, job, image, result)
@@ -506,15 +547,60 @@ class Syncer:
         for name, trepo in job.targets:
             self._kept.setdefault((name, trepo), {})[(rule.name, job.tag)] = blobs
 
+    async def _plan_entries(
+        self,
+        rule: RuleConfig,
+        source: Endpoint,
+        job: _Job,
+        image: ImageResult,
+        specs: Sequence[TargetSpec],
+        result: RulePassResult,
+    ) -> None:
+        filtered = bool(rule.platforms) and image.digest != image.source_digest
 
-def _no_catalog(e: RegistryError) -> bool:
-    """Whether a catalog request failed because the registry has no catalog at all: 404 or
-    405 for the path, or the spec's ``UNSUPPORTED`` code (also inside a 401, as some
-    registries answer a catalog request they never serve)."""
-    # A 401/403 carries the registry's words in the message rather than in ``details``.
-    if any(d.code == "UNSUPPORTED" for d in e.details) or "UNSUPPORTED" in e.message:
-        return True
-    return e.status in (404, 405)
+        def entry_for(target: str, action: str) -> PlanEntry:
+            return PlanEntry(
+                rule.name,
+                str(source),
+                job.tag,
+                image.source_digest,
+                image.digest,
+                target,
+                action,
+                filtered_index=filtered,
+            )
+
+        if image.error is not None:
+            for name, trepo in job.targets:
+                entry = entry_for(f"{name}/{trepo}", "failed")
+                entry.error = str(image.error)
+                result.plan.append(entry)
+            result.failed += 1
+            return
+        any_copy = False
+        for spec, o in zip(specs, image.outcomes, strict=True):
+            entry = entry_for(f"{o.target}/{o.repository}", o.action)
+            if o.action == "failed":
+                entry.action = failure_reason(o.error) if o.error else "failed"
+                entry.error = str(o.error)
+                if entry.action != "overwrite_refused":
+                    entry.action = "failed"
+                result.failed += 1
+            elif o.action == "copy":
+                any_copy = True
+                try:
+                    m = image.manifest or await self.engine.desired(
+                        source, image.source_digest, rule.platforms
+                    )
+                    blobs, manifests = await self.engine.missing(source, spec.endpoint, m)
+                    entry.missing_blobs, entry.missing_manifests = blobs, manifests
+                except SyncdError as e:
+                    entry.action, entry.error = "failed", str(e)
+            result.plan.append(entry)
+        if any_copy:
+            result.synced += 1
+        else:
+            result.skipped += 1
 
 
 def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:

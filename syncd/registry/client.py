@@ -16,7 +16,13 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from syncd.digest import digest_of
-from syncd.errors import DigestMismatchError, ManifestInvalidError, ServerError
+from syncd.errors import (
+    CatalogUnsupportedError,
+    DigestMismatchError,
+    ManifestInvalidError,
+    RegistryError,
+    ServerError,
+)
 from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
 from syncd.reference import hub_repository, is_docker_hub, split_origin
 from syncd.registry.auth import repository_scope
@@ -412,9 +418,24 @@ class RegistryClient:
 
     async def catalog(self) -> list[str]:
         """Every repository of the registry, through ``_catalog`` pagination."""
-        return await self._paginate(
-            "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
-        )
+        try:
+            return await self._paginate(
+                "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
+            )
+        except RegistryError as e:
+            # Docker Hub, GHCR, zuul-registry have none: 404 or 405 for the path, or the
+            # spec's UNSUPPORTED code, which some send in a 401 (whose words are in the
+            # message rather than in ``details``).
+            unsupported = any(d.code == "UNSUPPORTED" for d in e.details) or (
+                "UNSUPPORTED" in e.message
+            )
+            if not unsupported and e.status not in (404, 405):
+                raise
+            raise CatalogUnsupportedError(
+                f"registry {self.name!r} does not list its repositories (GET /v2/_catalog "
+                f"answered {e.status}{' UNSUPPORTED' if unsupported else ''})",
+                status=e.status,
+            ) from None
 
     # -- referrers ---------------------------------------------------------------------
     async def referrers(

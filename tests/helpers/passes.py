@@ -7,8 +7,7 @@ from typing import Any
 
 from syncd.config.schema import Config, RegistryConfig, RuleConfig
 from syncd.metrics import Metrics
-from syncd.sync import open_syncer
-from syncd.sync_plan import RulePassResult
+from syncd.sync import RulePassResult, open_syncer
 from tests.helpers.registry import Registry
 
 

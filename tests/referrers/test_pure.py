@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from syncd.manifest import OCI_INDEX, parse_manifest
-from syncd.referrers_tags import (
+from syncd.referrers import (
     fallback_tag,
     is_referrer_tag,
     is_signature_type,
