@@ -19,21 +19,34 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from syncd.blobs_session import (
+    LRU,
+    BlobCounts,
+    Pieces,
+    UploadSession,
+    drain,
+    force_put,
+    transfer_needs,
+)
 from syncd.errors import (
+    AuthError,
     ClientRequestError,
     DigestMismatchError,
     SyncdError,
 )
 from syncd.manifest import Descriptor
 from syncd.registry.pool import AnyClient
+from syncd.registry.slots import TransferSlots
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
+
+# LRU and BlobCounts live in blobs_session and are still imported from here.
+__all__ = ["LRU", "BlobCounts", "BlobMover", "Endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +78,6 @@ class Endpoint:
         return f"{self.client.name}/{self.repository}"
 
 
-class LRU(OrderedDict[Any, Any]):
-    """A bounded mapping that forgets the least recently remembered entry."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
-
-
-@dataclass(slots=True)
-class BlobCounts:
-    """Blob work done for one target during one image copy."""
-
-    copied: int = 0
-    mounted: int = 0
-    skipped: int = 0
-    bytes: int = 0
-
-
 class BlobMover:
     """Makes blobs present at targets; remembers, per target registry, where they live."""
 
@@ -110,6 +99,8 @@ class BlobMover:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         # (target registry, digest) -> future of an upload under way somewhere in it
         self._uploading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        # Source and target connections of a tee, taken together (see registry/slots.py).
+        self.slots = TransferSlots()
         # Asked, when a blob is missing from a repository and nothing is known of it, for
         # another repository of that registry that has it (the copy engine looks through
         # images it found up to date there: see CopyEngine._locate).
@@ -158,7 +149,7 @@ class BlobMover:
                 pending[t] = other
         try:
             prepared = await asyncio.gather(
-                *(self._prepare(t, blob, counts[t], pending.get(t)) for t, _ in mine),
+                *(self._prepare(source, t, blob, counts[t], pending.get(t)) for t, _ in mine),
                 return_exceptions=True,
             )
             uploads: list[tuple[Endpoint, str, asyncio.Future[str]]] = []
@@ -208,12 +199,19 @@ class BlobMover:
         for key in [k for k, repo in self._locations.items() if repo == t.repository]:
             del self._locations[key]
 
+    def forget_registry(self, name: str) -> None:
+        """Forget every location and presence learned at registry ``name``."""
+        for lru in (self._locations, self._present):
+            for key in [k for k in lru if k[0] == name]:
+                del lru[key]
+
     def _seen(self, t: Endpoint, digest: str) -> bool:
         at = self._present.get((t.client.name, t.repository, digest))
         return at is not None and time.monotonic() - at < PRESENT_TTL
 
     async def _prepare(
         self,
+        source: Endpoint,
         t: Endpoint,
         blob: Descriptor,
         counts: BlobCounts,
@@ -223,6 +221,12 @@ class BlobMover:
         if self._seen(t, blob.digest):
             self._skipped(t, blob, counts)
             return None
+        if t.client.origin == source.client.origin and t.repository != source.repository:
+            # Promotion inside one registry: the source repository has every blob, so a
+            # mount links it without a byte read or written (distribution-spec "Mounting
+            # a blob from another repository"). A mount answers 201 also when the target
+            # already had it; a declined one (202) opens the session the upload needs.
+            return await self._mount(t, blob, counts, source.repository)
         reg_key = (t.client.name, blob.digest)
         if pending is not None:
             # Another repository of this registry is receiving it now: wait, then mount.
@@ -260,7 +264,22 @@ class BlobMover:
         self, t: Endpoint, blob: Descriptor, counts: BlobCounts, from_repository: str
     ) -> str | None:
         """None once mounted; else the upload session the registry opened instead."""
-        location = await t.client.blob_mount(t.repository, blob.digest, from_repository)
+        try:
+            location = await t.client.blob_mount(t.repository, blob.digest, from_repository)
+        except AuthError as e:
+            # The target's credentials may push here but not pull from the other
+            # repository (a token registry then refuses the mount outright instead of
+            # answering 202): upload instead, as a declined mount would.
+            log.info(
+                "%s: mount of %s from %s refused (%s); uploading",
+                t,
+                blob.digest,
+                from_repository,
+                e,
+                extra={"event": "mount_refused", "digest": blob.digest},
+            )
+            self._locations.pop((t.client.name, blob.digest), None)
+            return await t.client.upload_start(t.repository)
         if location is None:
             self._remember(t, blob.digest)
             counts.mounted += 1
@@ -292,7 +311,7 @@ class BlobMover:
         ``retries`` failures in a row that gained no new acknowledged bytes end it.
         """
         chunked = blob.size > self.chunked_threshold
-        sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
+        sessions = [UploadSession(t, loc, fut, chunked) for t, loc, fut in uploads]
         # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
         # what lets a resumed upload still verify the WHOLE blob.
         checkpoints: dict[int, Any] = {}
@@ -300,20 +319,21 @@ class BlobMover:
             checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
         attempts = max(1, source.client.attempts)
         # Each batch is one source read: (sessions, offset the registry already holds).
-        batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
+        batches: list[tuple[list[UploadSession], int]] = [(sessions, 0)]
         while batches:
-            failed: list[tuple[_Session, BaseException]] = []
+            failed: list[tuple[UploadSession, BaseException]] = []
             for group, resume_at in batches:
-                errors = await self._tee(
-                    source, blob, group, resume_at=resume_at, checkpoints=checkpoints
-                )
+                async with self.slots.take(transfer_needs(source, group)):
+                    errors = await self._tee(
+                        source, blob, group, resume_at=resume_at, checkpoints=checkpoints
+                    )
                 for s, err in zip(group, errors, strict=True):
                     if err is None:
                         self._copied(s.endpoint, blob, counts)
                         s.future.set_result("copied")
                     else:
                         failed.append((s, err))
-            retry: list[_Session] = []
+            retry: list[UploadSession] = []
             for s, err in failed:
                 if s.acked > s.best:
                     s.best = s.acked  # new bytes acknowledged: the budget starts over
@@ -339,7 +359,7 @@ class BlobMover:
             worst = max(s.failures for s in retry)
             await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
             batches = []
-            fresh: list[_Session] = []
+            fresh: list[UploadSession] = []
             for s in retry:
                 at = await self._resume_point(s, blob)
                 if at is not None:
@@ -356,7 +376,7 @@ class BlobMover:
                 # Targets starting over still share one source read.
                 batches.append((fresh, 0))
 
-    async def _abandon(self, s: _Session) -> None:
+    async def _abandon(self, s: UploadSession) -> None:
         """Best effort: tell the registry to drop a session we give up on (its partial
         bytes would otherwise wait for the registry's upload purging)."""
         with contextlib.suppress(SyncdError):
@@ -370,7 +390,7 @@ class BlobMover:
             self.metrics.blobs_copied.labels(target=t.client.name).inc()
             self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(blob.size)
 
-    async def _resume_point(self, s: _Session, blob: Descriptor) -> int | None:
+    async def _resume_point(self, s: UploadSession, blob: Descriptor) -> int | None:
         """The offset to resume ``s`` at, or None to start a fresh session.
 
         Asks the registry (``GET`` on the upload URL, ``Range: 0-N``). CNCF distribution
@@ -428,7 +448,7 @@ class BlobMover:
         self,
         source: Endpoint,
         blob: Descriptor,
-        sessions: Sequence[_Session],
+        sessions: Sequence[UploadSession],
         *,
         resume_at: int = 0,
         checkpoints: dict[int, Any],
@@ -464,7 +484,7 @@ class BlobMover:
                     await read(0)
             except BaseException as e:
                 for q in queues:
-                    _force_put(q, e)
+                    force_put(q, e)
                 raise
 
         async def read(begin_at: int) -> None:
@@ -504,7 +524,7 @@ class BlobMover:
         async def consume(i: int) -> None:
             s = sessions[i]
             t = s.endpoint
-            pieces = _Pieces(queues[i])
+            pieces = Pieces(queues[i])
             try:
                 if s.chunked:
                     await self._send_chunks(s, blob, pieces, resume_at)
@@ -518,7 +538,7 @@ class BlobMover:
                     )
             except BaseException:
                 dead[i] = True
-                _drain(queues[i])
+                drain(queues[i])
                 raise
 
         results = await asyncio.gather(
@@ -539,7 +559,7 @@ class BlobMover:
         return out
 
     async def _send_chunks(
-        self, s: _Session, blob: Descriptor, pieces: _Pieces, offset: int
+        self, s: UploadSession, blob: Descriptor, pieces: Pieces, offset: int
     ) -> None:
         """PATCH chunk after chunk from ``offset``; the last chunk rides in the committing PUT.
 
@@ -567,54 +587,3 @@ class BlobMover:
             )
             offset = boundary
             s.acked = offset
-
-
-@dataclass(slots=True, eq=False)
-class _Session:
-    """One target's upload of one blob: where it is and what the registry acknowledged."""
-
-    endpoint: Endpoint
-    location: str
-    future: asyncio.Future[str]
-    chunked: bool
-    acked: int = 0  # end of the last PATCH the registry answered
-    best: int = 0  # the most ever acknowledged, so only real progress resets ``failures``
-    failures: int = 0  # failed attempts since the last progress
-
-
-class _Pieces:
-    """A consumer's view of its queue: exactly ``n`` bytes at a time, or an error."""
-
-    def __init__(self, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
-        self._queue = queue
-
-    async def take(self, n: int) -> AsyncIterator[bytes]:
-        left = n
-        while left > 0:
-            item = await self._queue.get()
-            if item is None or isinstance(item, BaseException) or len(item) > left:
-                raise _SourceFailed()
-            left -= len(item)
-            yield item
-
-    def body(self, n: int) -> Callable[[], AsyncIterator[bytes]]:
-        """A request body factory for the next ``n`` bytes (used once: not replayable)."""
-        return lambda: self.take(n)
-
-    async def end(self) -> None:
-        if await self._queue.get() is not None:
-            raise _SourceFailed()
-
-
-class _SourceFailed(Exception):
-    """Raised inside an upload body when the source stream failed; aborts that request."""
-
-
-def _drain(q: asyncio.Queue[Any]) -> None:
-    while not q.empty():
-        q.get_nowait()
-
-
-def _force_put(q: asyncio.Queue[Any], item: Any) -> None:
-    _drain(q)
-    q.put_nowait(item)

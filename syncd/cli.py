@@ -401,7 +401,9 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
             f"{t['referrers']} referrers, {t['errors']} errors; "
             f"{t['missing_blobs']} blobs, {_human(t['missing_bytes'])} to transfer"
         )
-    return EXIT_FAILED if doc["totals"]["errors"] else EXIT_OK
+    # A rule that could not even be listed (no catalog, registry down) has no plan entries
+    # but is a registry error all the same.
+    return EXIT_FAILED if doc["totals"]["errors"] or total.failed else EXIT_OK
 
 
 # -- verify -------------------------------------------------------------------------------

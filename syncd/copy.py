@@ -20,13 +20,13 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING
 
 from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
+from syncd.copy_flight import Lookahead, OnePerKey, gather_all
+from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec, filter_platforms
 from syncd.errors import (
     ManifestInvalidError,
     NotFoundError,
@@ -34,17 +34,23 @@ from syncd.errors import (
     ServerError,
     SyncdError,
 )
-from syncd.manifest import Descriptor, Manifest, Platform, parse_manifest
-from syncd.registry.client import ManifestInfo
+from syncd.manifest import Descriptor, Manifest, Platform
 from syncd.rules import backup_tag, platform_selected
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
+# The values and helpers split out of this module are still imported from here.
+__all__ = [
+    "CopyEngine",
+    "ImageResult",
+    "Lookahead",
+    "TargetOutcome",
+    "TargetSpec",
+    "filter_platforms",
+]
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-# What a copy waiting on another one gets: the error that one ended with, or None.
-_Outcome = asyncio.Future[BaseException | None]
 
 # Manifests remembered per process: content-addressed, so never stale; the daemon keeps
 # them across passes, which is what makes no-op passes cheap.
@@ -58,161 +64,6 @@ MAX_PRESENT_IMAGES = 4_096
 LOCATE_BATCH = 8
 
 
-@dataclass(frozen=True, slots=True)
-class TargetSpec:
-    """Where one image goes, and the policy for an existing tag there."""
-
-    endpoint: Endpoint
-    tag: str | None
-    overwrite: bool = True
-    backup: str | None = None
-    # ``target_recheck`` seconds: how long a tag this process pushed or found at the
-    # source's digest is taken as still there without a HEAD (0: HEAD every time).
-    recheck: float = 0.0
-
-
-async def _all(aws: Sequence[Awaitable[T]]) -> list[T]:
-    """Await every one side by side, then raise the first error, if any: unlike a plain
-    gather, nothing is left running unobserved after a failure."""
-    got = await asyncio.gather(*aws, return_exceptions=True)
-    for g in got:
-        if isinstance(g, BaseException):
-            raise g
-    return cast(list[T], got)
-
-
-class Lookahead:
-    """Target HEADs sent early (``CopyEngine.look_ahead``); each is used at most once.
-
-    ``close`` cancels or collects what the copy never used (a source that failed, an
-    image refused before its targets were looked at), so no task outlives its job and no
-    error goes unobserved.
-    """
-
-    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestInfo | None]]) -> None:
-        self._tasks = tasks
-
-    def take(self, t: Endpoint) -> asyncio.Future[ManifestInfo | None] | None:
-        return self._tasks.pop(t, None)
-
-    async def close(self) -> None:
-        left = list(self._tasks.values())
-        self._tasks.clear()
-        for task in left:
-            task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
-
-
-class _OnePerKey:
-    """Work on a key done by one copy at a time; the others wait and share its outcome
-    (the error it ended with, or None)."""
-
-    def __init__(self) -> None:
-        self._running: dict[tuple[str, ...], _Outcome] = {}
-
-    def split(
-        self, items: Iterable[tuple[tuple[str, ...], Endpoint, T]]
-    ) -> tuple[list[tuple[tuple[str, ...], Endpoint, T]], dict[Endpoint, _Outcome]]:
-        """Claim each free key for the caller (which must then run ``owning``); for a key
-        already being worked on, the outcome to wait for instead."""
-        mine: list[tuple[tuple[str, ...], Endpoint, T]] = []
-        joined: dict[Endpoint, _Outcome] = {}
-        for key, t, item in items:
-            other = self._running.get(key)
-            if other is not None:
-                joined[t] = other
-                continue
-            self._running[key] = asyncio.get_running_loop().create_future()
-            mine.append((key, t, item))
-        return mine, joined
-
-    @contextmanager
-    def owning(
-        self,
-        claimed: Iterable[tuple[tuple[str, ...], Endpoint, Any]],
-        failures: dict[Endpoint, BaseException],
-        interrupted: str,
-    ) -> Iterator[None]:
-        """Release the claimed keys when the work ends, each with its target's failure."""
-        aborted: BaseException | None = None
-        try:
-            yield
-        except BaseException:
-            aborted = SyncdError(interrupted)
-            raise
-        finally:
-            for key, t, _ in claimed:
-                self._running.pop(key).set_result(failures.get(t) or aborted)
-
-    @staticmethod
-    async def join(
-        joined: dict[Endpoint, _Outcome], failures: dict[Endpoint, BaseException]
-    ) -> None:
-        """Wait for the work other copies are doing; their failures become ours."""
-        for t, outcome in joined.items():
-            err = await asyncio.shield(outcome)
-            if err is not None:
-                failures.setdefault(t, err)
-
-
-@dataclass(slots=True)
-class TargetOutcome:
-    """What happened at one target."""
-
-    target: str
-    repository: str
-    action: str  # "up_to_date" | "copied" | "failed"
-    digest: str = ""
-    error: BaseException | None = None
-    blobs_copied: int = 0
-    blobs_mounted: int = 0
-    blobs_skipped: int = 0
-    bytes_copied: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(slots=True)
-class ImageResult:
-    """The copy of one source image to all its targets."""
-
-    source: str
-    reference: str
-    digest: str = ""
-    source_digest: str = ""
-    manifest: Manifest | None = None
-    outcomes: list[TargetOutcome] = field(default_factory=list)
-    error: BaseException | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None or any(o.action == "failed" for o in self.outcomes)
-
-    @property
-    def copied(self) -> bool:
-        return any(o.action == "copied" for o in self.outcomes)
-
-
-def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
-    """A new index keeping only the children of the named platforms.
-
-    Serialised deterministically, so the same source index and filter give the same
-    digest on every pass (otherwise every pass would look like a change).
-    """
-    doc = json.loads(manifest.raw)
-    kept = [
-        c
-        for c, d in zip(doc.get("manifests", []), manifest.children, strict=False)
-        if d.platform is None or platform_selected(platforms, d.platform)
-    ]
-    if not kept:
-        raise ManifestInvalidError(
-            f"index {manifest.digest} has no child for platforms {', '.join(platforms)}"
-        )
-    doc["manifests"] = kept
-    raw = json.dumps(doc, indent=3, sort_keys=False).encode()
-    return parse_manifest(raw, manifest.media_type)
-
-
 class CopyEngine:
     """Copies images in integrity order; caches manifests by digest across passes."""
 
@@ -222,9 +73,9 @@ class CopyEngine:
         self._manifests: LRU = LRU(MAX_MANIFESTS)
         self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
         # (target registry, repository, tag, digest): the copy of a tag under way
-        self._tag_copies = _OnePerKey()
+        self._tag_copies = OnePerKey()
         # (target registry, repository, child digest): the push of an index child under way
-        self._child_pushes = _OnePerKey()
+        self._child_pushes = OnePerKey()
         # (target registry, repository, tag) -> (digest, until when it is trusted): only
         # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
         self._verified: LRU = LRU(MAX_VERIFIED)
@@ -234,6 +85,16 @@ class CopyEngine:
         self._located: LRU = LRU(MAX_MANIFESTS)
         self._locating: dict[str, asyncio.Lock] = {}
         self.blobs.locate = self._locate
+
+    def forget_registry(self, name: str) -> None:
+        """Drop what was learned about registry ``name`` (a reload changed or removed it);
+        manifests are content-addressed and stay."""
+        self.blobs.forget_registry(name)
+        self._present_images.pop(name, None)
+        for key in [k for k in self._verified if k[0] == name]:
+            del self._verified[key]
+        for key in [k for k in self._located if k[0] == name]:
+            del self._located[key]
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
@@ -321,7 +182,7 @@ class CopyEngine:
 
     async def children(self, source: Endpoint, m: Manifest) -> list[Manifest]:
         # Fetched side by side: an index's children are otherwise one round trip each.
-        return await _all([self.manifest(source, c.digest) for c in m.children])
+        return await gather_all([self.manifest(source, c.digest) for c in m.children])
 
     # -- one image -------------------------------------------------------------------------
     def look_ahead(self, specs: Sequence[TargetSpec]) -> Lookahead:
@@ -467,7 +328,9 @@ class CopyEngine:
         claimed, joined = self._tag_copies.split(
             (
                 (
-                    s.endpoint.client.name,
+                    # By origin, not name: two names (or a reloaded config's and the old
+                    # one's) for one registry are still one tag.
+                    s.endpoint.client.origin,
                     s.endpoint.repository,
                     s.tag or result.digest,
                     result.digest,
@@ -484,7 +347,7 @@ class CopyEngine:
             counts, seconds = await self._copy_to(
                 source, result, [spec for _, _, spec in claimed], failures
             )
-        await _OnePerKey.join(joined, failures)
+        await OnePerKey.join(joined, failures)
         for outcome, spec in zip(result.outcomes, targets, strict=True):
             if outcome.action != "copying":
                 continue
@@ -620,7 +483,7 @@ class CopyEngine:
             return
         # The children (one per platform) go side by side, each complete before its own
         # manifest is pushed; blobs they share are still transferred once (BlobMover).
-        await _all(
+        await gather_all(
             [self._push_child(source, targets, d.digest, counts, failures) for d in m.children]
         )
 
@@ -642,7 +505,7 @@ class CopyEngine:
         wait for it and share its outcome.
         """
         claimed, joined = self._child_pushes.split(
-            ((t.client.name, t.repository, digest), t, None) for t in targets if t not in failures
+            ((t.client.origin, t.repository, digest), t, None) for t in targets if t not in failures
         )
         with self._child_pushes.owning(
             claimed, failures, f"another push of child manifest {digest} was interrupted"
@@ -651,7 +514,7 @@ class CopyEngine:
                 await self._push_child_to(
                     source, [t for _, t, _ in claimed], digest, counts, failures
                 )
-        await _OnePerKey.join(joined, failures)
+        await OnePerKey.join(joined, failures)
 
     async def _push_child_to(
         self,

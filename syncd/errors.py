@@ -161,6 +161,10 @@ class ClientRequestError(RegistryError):
     reason = "request_refused"
 
 
+class CatalogUnsupportedError(ClientRequestError):
+    """The registry does not list its repositories (``/v2/_catalog`` is optional)."""
+
+
 class NetworkError(RegistryError):
     """Connection refused or reset, DNS failure, timeout."""
 

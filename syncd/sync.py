@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
-from syncd.errors import NotFoundError, SyncdError, failure_reason
+from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
 from syncd.plan import PlanEntry, plan_entries
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
@@ -26,6 +26,7 @@ from syncd.report import ImageFailure, TargetCounts
 from syncd.rules import (
     is_glob,
     is_immutable,
+    names_tag,
     repository_matches,
     select_repositories,
     select_tags,
@@ -113,16 +114,23 @@ class Syncer:
         *,
         track_target_bytes: bool = True,
         probe_up_to_date: bool = True,
+        referrers: ReferrerSync | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.engine = engine
         self.metrics = metrics
         self.track_target_bytes = track_target_bytes
-        self.referrers = ReferrerSync(engine, metrics, probe_up_to_date=probe_up_to_date)
+        self.referrers = referrers or ReferrerSync(
+            engine, metrics, probe_up_to_date=probe_up_to_date
+        )
         self._bytes = TargetBytes()
         # Called after each image of a pass (the CLI's progress display).
         self.progress: Callable[[str, RulePassResult], None] | None = None
+
+    def inherit(self, previous: Syncer) -> None:
+        """Carry the byte accounting of targets this config still has."""
+        self._bytes.inherit(previous._bytes, self.config.registries)
 
     # -- a whole pass ----------------------------------------------------------------------
     async def run_pass(
@@ -246,8 +254,17 @@ class Syncer:
             # A webhook names repositories; keep those the rule covers.
             return sorted(r for r in only if any(repository_matches(p, r) for p in patterns))
         catalog: list[str] = []
-        if any(is_glob(p) for p in patterns):
-            catalog = await self.pool.client(rule.source).with_retries(rule.retries).catalog()
+        globs = [p for p in patterns if is_glob(p)]
+        if globs:
+            try:
+                catalog = await self.pool.client(rule.source).with_retries(rule.retries).catalog()
+            except CatalogUnsupportedError as e:
+                # Say so, instead of a rule that silently matches nothing.
+                raise CatalogUnsupportedError(
+                    f"{e.message}: rule {rule.name!r} cannot expand {', '.join(globs)}; "
+                    "list the repositories by name",
+                    status=e.status,
+                ) from None
         return select_repositories(patterns, catalog)
 
     async def _jobs(
@@ -271,10 +288,15 @@ class Syncer:
                 extra={"rule": rule.name, "repository": repo, "event": "empty_repository"},
             )
         # Referrer tags travel with their subject (syncd/referrers.py), not as images (nor
-        # are they gated as images); with both off they are tags like any other.
+        # are they gated as images). With ``referrers: false`` they are not copied at all,
+        # unless the tag filter asks for them by name or by an include pattern.
         referrer_tags = frozenset(t for t in all_tags if is_referrer_tag(t))
-        as_images = not (rule.referrers or rule.require_signature)
-        listed = all_tags if as_images else [t for t in all_tags if t not in referrer_tags]
+        carried = rule.referrers or rule.require_signature
+        listed = [
+            t
+            for t in all_tags
+            if t not in referrer_tags or (not carried and names_tag(rule.tags, t))
+        ]
         tags = select_tags(listed, rule.tags)
         if rule.tags.names:
             # An explicitly named tag that the source lacks is an error, not a filter.
@@ -431,7 +453,22 @@ class Syncer:
         if self.progress:
             self.progress(rule.name, result)
         if self.track_target_bytes and not image.failed and image.digest:
-            await self._bytes.track(self.engine, rule.name, source, job.tag, job.targets, image)
+            await self._bytes.track(
+                self.engine,
+                rule.name,
+                self._holder(rule, source, image),
+                job.tag,
+                job.targets,
+                image,
+            )
+
+    def _holder(self, rule: RuleConfig, source: Endpoint, image: ImageResult) -> Endpoint:
+        """Where to read an image's manifests for bookkeeping: a target that holds it, not
+        the source (Docker Hub counts manifest GETs against its pull quota)."""
+        for o in image.outcomes:
+            if o.action in ("up_to_date", "copied") and o.digest:
+                return Endpoint(self.pool.client(o.target).with_retries(rule.retries), o.repository)
+        return source
 
     def _account(
         self, rule: RuleConfig, job: _Job, image: ImageResult, result: RulePassResult
@@ -544,17 +581,39 @@ async def open_syncer(
     *,
     track_target_bytes: bool = True,
     probe_up_to_date: bool = True,
+    previous: Syncer | None = None,
 ) -> AsyncIterator[Syncer]:
     """A Syncer with one HTTP session per registry, closed on exit;
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
     the once-per-registry referrers-API probe; see ``ReferrerSync``.
+
+    ``previous`` (a config reload): the new Syncer keeps what that one learned: the
+    clients (sessions, tokens) of registries whose config is unchanged, the copy engine
+    (manifest and blob-location caches, and its one-copy-at-a-time bookkeeping, so a
+    pass of the old config and one of the new never copy the same tag at once), the
+    referrers-API answers and the byte accounting. What was learned about a registry
+    whose config changed is forgotten.
     """
     async with ClientPool(config.registries, metrics=metrics) as pool:
-        yield Syncer(
+        if previous is None:
+            engine = CopyEngine(metrics)
+            referrers = None
+        else:
+            pool.adopt(previous.pool)
+            engine, referrers = previous.engine, previous.referrers
+            old = previous.pool.configs
+            for name in [n for n, reg in old.items() if config.registries.get(n) != reg]:
+                engine.forget_registry(name)
+                referrers.forget_registry(name)
+        syncer = Syncer(
             config,
             pool,
-            CopyEngine(metrics),
+            engine,
             metrics,
             track_target_bytes=track_target_bytes,
             probe_up_to_date=probe_up_to_date,
+            referrers=referrers,
         )
+        if previous is not None:
+            syncer.inherit(previous)
+        yield syncer

@@ -8,6 +8,7 @@ manifest of every kept image, which a one-shot pass would otherwise not read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
@@ -30,22 +31,29 @@ class TargetBytes:
         self,
         engine: CopyEngine,
         rule: str,
-        source: Endpoint,
+        holder: Endpoint,
         tag: str,
         targets: tuple[tuple[str, str], ...],
         image: ImageResult,
     ) -> None:
-        """Remember the blobs of ``image`` (and its children) at each of ``targets``."""
+        """Remember the blobs of ``image`` (and its children) at each of ``targets``;
+        manifests not in the engine's cache are read from ``holder``."""
         try:
-            m = image.manifest or await engine.manifest(source, image.digest)
+            m = image.manifest or await engine.manifest(holder, image.digest)
             blobs: dict[str, int] = {}
-            for part in [m, *(await engine.children(source, m) if m.is_index else [])]:
+            for part in [m, *(await engine.children(holder, m) if m.is_index else [])]:
                 blobs.update((b.digest, b.size) for b in part.blobs)
         except SyncdError as e:
             log.debug("cannot account bytes of %s: %s", image.source, e)
             return
         for name, trepo in targets:
             self._kept.setdefault((name, trepo), {})[(rule, tag)] = blobs
+
+    def inherit(self, previous: TargetBytes, registries: Collection[str]) -> None:
+        """Carry the accounting of targets a reloaded config still has."""
+        for (target, repo), kept in previous._kept.items():
+            if target in registries:
+                self._kept.setdefault((target, repo), {}).update(kept)
 
     def forget_unkept(self, rule: str, chosen: dict[tuple[str, str], set[str]]) -> None:
         """Drop the tags this rule no longer selects (deleted, filtered) at each target."""

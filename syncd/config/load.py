@@ -58,7 +58,7 @@ from syncd.config.schema import (
 from syncd.durations import parse_duration
 from syncd.errors import ConfigError, ConfigProblem, InvalidReferenceError
 from syncd.proxy import parse_proxy_url
-from syncd.reference import validate_repository, validate_tag
+from syncd.reference import is_docker_hub, split_origin, validate_repository, validate_tag
 from syncd.rules import backup_template_problem, is_glob, repository_matches, target_repository
 from syncd.secret import Secret
 
@@ -971,6 +971,7 @@ class _Loader:
         source = rule.get("source")
         if isinstance(source, str) and source and isinstance(registries, dict):
             self._known_registry((*path, "source"), source, names)
+            self._no_catalog(path, rule, registries.get(source), source)
         targets = rule.get("targets")
         target_paths: list[tuple[Path, str]] = []
         if isinstance(targets, str):
@@ -1010,6 +1011,28 @@ class _Loader:
                 "source, not a target (write to an oci: directory instead)",
             )
 
+    def _no_catalog(self, path: Path, rule: dict[str, Any], reg: Any, source: str) -> None:
+        """A glob needs the source's catalog. Docker Hub has none (known without asking);
+        other registries without one are found out by ``plan``/``once``."""
+        url = reg.get("url") if isinstance(reg, dict) else None
+        if not isinstance(url, str) or not is_docker_hub(split_origin(url)[1]):
+            return
+        repos = rule.get("repositories")
+        patterns = [repos] if isinstance(repos, str) else repos if isinstance(repos, list) else []
+        for j, pattern in enumerate(patterns):
+            if isinstance(pattern, str) and is_glob(pattern):
+                where = (
+                    (*path, "repositories", j)
+                    if isinstance(repos, list)
+                    else (*path, "repositories")
+                )
+                self.add(
+                    where,
+                    f"registry {source!r} is Docker Hub, which does not list its repositories "
+                    f"(no catalog): {_show(pattern)} cannot be expanded; list the "
+                    "repositories by name",
+                )
+
     def _known_registry(self, path: Path, name: str, names: list[str]) -> None:
         if name in names:
             return
@@ -1029,7 +1052,7 @@ class _Loader:
             url = reg.get("url") if isinstance(reg, dict) else None
             if not isinstance(url, str):
                 return False
-            urls.append(RegistryConfig(name=name, url=url).base_url.lower())
+            urls.append(RegistryConfig(name=name, url=url).base_url)
         return urls[0] == urls[1]
 
     def _copies_of_copies(self, path: Path, rule: dict[str, Any], target: str, prefix: str) -> None:

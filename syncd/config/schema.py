@@ -7,9 +7,9 @@ each rule, so everything downstream reads one effective value per key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from syncd.proxy import ProxyURL
+from syncd.reference import DOCKER_HUB_API, is_docker_hub, split_origin
 from syncd.secret import Secret
 
 DEFAULT_INTERVAL = 300.0
@@ -78,15 +78,24 @@ class RegistryConfig:
     @property
     def scheme(self) -> str:
         """``http`` or ``https``; a bare ``host:port`` means https."""
-        return urlsplit(self.url).scheme if "://" in self.url else "https"
+        return split_origin(self.url)[0]
+
+    @property
+    def docker_hub(self) -> bool:
+        """Whether ``url`` names Docker Hub (any of its aliases)."""
+        return is_docker_hub(split_origin(self.url)[1])
 
     @property
     def host(self) -> str:
-        """``host[:port]`` as it appears in references and token scopes."""
-        return urlsplit(self.url).netloc if "://" in self.url else self.url.rstrip("/")
+        """``host[:port]`` the API is reached at, normalised (lower case, no default port);
+        Docker Hub's aliases all mean its API host, ``registry-1.docker.io``."""
+        host = split_origin(self.url)[1]
+        return DOCKER_HUB_API if is_docker_hub(host) else host
 
     @property
     def base_url(self) -> str:
+        """The normalised origin requests go to; two registries with equal ``base_url``
+        are the same registry, however their ``url`` is spelled."""
         return f"{self.scheme}://{self.host}"
 
 

@@ -47,7 +47,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
-SyncerFactory = Callable[[Config, Metrics], AbstractAsyncContextManager[Syncer]]
+# (config, metrics, previous syncer or None): the previous one hands over what it learned.
+SyncerFactory = Callable[..., AbstractAsyncContextManager[Syncer]]
 
 
 def parse_listen(text: str) -> tuple[str | None, int]:
@@ -98,13 +99,19 @@ class _SyncerSlot:
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def open(cls, factory: SyncerFactory, config: Config, metrics: Metrics) -> _SyncerSlot:
+    async def open(
+        cls,
+        factory: SyncerFactory,
+        config: Config,
+        metrics: Metrics,
+        previous: Syncer | None = None,
+    ) -> _SyncerSlot:
         slot = cls()
         opened: asyncio.Future[Syncer] = asyncio.get_running_loop().create_future()
 
         async def hold() -> None:
             try:
-                async with factory(config, metrics) as syncer:
+                async with factory(config, metrics, previous=previous) as syncer:
                     opened.set_result(syncer)
                     await slot.release.wait()
             except asyncio.CancelledError:
@@ -349,7 +356,12 @@ class Daemon:
             self._on_config(new)
         if new.registries != old.registries:
             # Open the new sessions first: if that fails the old config stays in force.
-            fresh = await _SyncerSlot.open(self._syncer_factory, new, self._metrics)
+            # The new syncer takes over the old one's sessions, tokens, caches and
+            # in-flight copy bookkeeping (see open_syncer), so nothing learned is lost
+            # and passes of both configs never copy one tag at the same time.
+            fresh = await _SyncerSlot.open(
+                self._syncer_factory, new, self._metrics, self._syncer.syncer
+            )
             previous, self._syncer = self._syncer, fresh
             previous.retire()
             self._retired.add(previous)

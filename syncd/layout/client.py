@@ -58,6 +58,9 @@ DEFAULT_RETRIES = 5
 # registry's upload purging would reclaim it); its file is removed, so a daemon does not
 # collect them.
 UPLOAD_IDLE = 900.0
+# Open streams a blob transfer may hold on a layout (``transfer_needs``): a layout has no
+# connection pool to exhaust, only file descriptors.
+LAYOUT_STREAMS = 64
 
 
 @dataclass(slots=True)
@@ -123,6 +126,16 @@ class LayoutClient:
     @property
     def host(self) -> str:
         return self._state.url
+
+    @property
+    def origin(self) -> str:
+        """What tells two layouts apart: the kind and the absolute path."""
+        return f"{self._state.kind}:{self._state.path}"
+
+    @property
+    def max_concurrency(self) -> int:
+        """Streams one copy may hold open here: files, not connections, so no real cap."""
+        return LAYOUT_STREAMS
 
     @property
     def metrics(self) -> Metrics | None:

@@ -16,9 +16,16 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from syncd.digest import digest_of
-from syncd.errors import DigestMismatchError, NotFoundError, ServerError
+from syncd.errors import (
+    CatalogUnsupportedError,
+    DigestMismatchError,
+    ManifestInvalidError,
+    NotFoundError,
+    RegistryError,
+    ServerError,
+)
 from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
-from syncd.reference import TAG_RE
+from syncd.reference import TAG_RE, hub_repository, is_docker_hub, split_origin
 from syncd.registry.auth import repository_scope
 from syncd.registry.transport import (
     BodyFactory,
@@ -35,6 +42,10 @@ CHUNK_SIZE = 1024 * 1024
 _PAGE_SIZE = 1000
 # A registry that keeps handing out `next` links must not hold us forever.
 _MAX_PAGES = 10_000
+# First-page answers that mean "this registry has no referrers API": 404 is what the spec
+# leaves to registries without it (distribution-spec "Listing Referrers"); 400, 405 and
+# 406 are what real ones send for a path they do not route or an Accept they refuse.
+NO_REFERRERS_API = (400, 404, 405, 406)
 _LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # A POST without a body still states its length: CherryPy-based registries (zuul-registry)
 # answer 411 Length Required otherwise (RFC 9110 section 8.6 lets a server insist).
@@ -61,10 +72,27 @@ class RegistryClient:
     def __init__(self, transport: Transport, *, retries: int = 0) -> None:
         self.transport = transport
         self._attempts = retries
+        self._hub = is_docker_hub(split_origin(transport.base_url)[1])
+
+    def wire(self, repository: str) -> str:
+        """The repository as this registry's API names it: on Docker Hub a one-component
+        name is an official image, ``library/NAME``. Callers keep the operator's spelling
+        (metrics, logs, reports); only requests use this one."""
+        return hub_repository(repository) if self._hub else repository
+
+    @property
+    def origin(self) -> str:
+        """The registry's normalised origin: equal for two clients of one registry."""
+        return self.transport.origin
 
     @property
     def name(self) -> str:
         return self.transport.name
+
+    @property
+    def max_concurrency(self) -> int:
+        """Parallel connections to this registry (``max_concurrency``)."""
+        return self.transport.max_concurrency
 
     @property
     def host(self) -> str:
@@ -89,6 +117,7 @@ class RegistryClient:
     # -- manifests ---------------------------------------------------------------------
     async def manifest_head(self, repository: str, reference: str) -> ManifestInfo | None:
         """Digest, type and size of a manifest, or None if the tag/digest is absent."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "HEAD",
@@ -116,6 +145,7 @@ class RegistryClient:
         self, repository: str, reference: str, *, absent_ok: bool = False
     ) -> Manifest:
         """The exact manifest bytes, parsed, with the digest checked two ways."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "GET",
@@ -139,6 +169,7 @@ class RegistryClient:
         self, repository: str, reference: str, raw: bytes, media_type: str
     ) -> str:
         """PUT the exact bytes; returns the digest, verified against what the registry says."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "PUT",
@@ -164,6 +195,7 @@ class RegistryClient:
     # -- blobs -------------------------------------------------------------------------
     async def blob_head(self, repository: str, digest: str) -> int | None:
         """The blob's size if the repository has it, else None."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "HEAD",
@@ -182,6 +214,7 @@ class RegistryClient:
         self, repository: str, digest: str, *, size: int = 0, offset: int = 0
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Stream a blob in chunks of up to ``CHUNK_SIZE``; never holds it whole."""
+        repository = self.wire(repository)
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         req = Request(
             "GET",
@@ -221,6 +254,8 @@ class RegistryClient:
         distribution spec makes mounting optional) gets a plain upload session, and no
         mount is asked of it again.
         """
+        repository = self.wire(repository)
+        from_repository = self.wire(from_repository)
         resp = await self._send(
             Request(
                 "POST",
@@ -243,6 +278,7 @@ class RegistryClient:
 
     async def upload_start(self, repository: str) -> str:
         """POST a new upload session; returns its absolute location."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "POST",
@@ -264,6 +300,7 @@ class RegistryClient:
         body: BodyFactory | bytes | None = None,
     ) -> None:
         """Finish an upload: a monolithic streamed PUT (or an empty one after PATCHes)."""
+        repository = self.wire(repository)
         sep = "&" if "?" in location else "?"
         await self._send(
             Request(
@@ -298,6 +335,7 @@ class RegistryClient:
         here: a PATCH that broke part-way may have left bytes in the session, so only the
         copy engine, after asking ``upload_status``, knows where to go on.
         """
+        repository = self.wire(repository)
         size = len(chunk) if isinstance(chunk, bytes) else length
         if size is None:
             raise ValueError("a streamed chunk needs its length")
@@ -322,6 +360,7 @@ class RegistryClient:
 
     async def upload_status(self, repository: str, location: str) -> tuple[int, str]:
         """How many bytes an upload session holds (``Range: 0-N``), and its location."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "GET",
@@ -338,6 +377,7 @@ class RegistryClient:
         return offset, urljoin(resp.url, loc) if loc else location
 
     async def upload_cancel(self, repository: str, location: str) -> None:
+        repository = self.wire(repository)
         await self._send(
             Request(
                 "DELETE",
@@ -419,6 +459,7 @@ class RegistryClient:
         A repository that does not exist is an empty list, or with ``missing_ok=False`` a
         ``NotFoundError`` (a source repository a rule names exactly must exist).
         """
+        repository = self.wire(repository)
         names = await self._paginate(
             f"/v2/{repository}/tags/list",
             "tags",
@@ -433,9 +474,24 @@ class RegistryClient:
 
     async def catalog(self) -> list[str]:
         """Every repository of the registry, through ``_catalog`` pagination."""
-        return await self._paginate(
-            "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
-        )
+        try:
+            return await self._paginate(
+                "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
+            )
+        except RegistryError as e:
+            # Docker Hub, GHCR, zuul-registry have none: 404 or 405 for the path, or the
+            # spec's UNSUPPORTED code, which some send in a 401 (whose words are in the
+            # message rather than in ``details``).
+            unsupported = any(d.code == "UNSUPPORTED" for d in e.details) or (
+                "UNSUPPORTED" in e.message
+            )
+            if not unsupported and e.status not in (404, 405):
+                raise
+            raise CatalogUnsupportedError(
+                f"registry {self.name!r} does not list its repositories (GET /v2/_catalog "
+                f"answered {e.status}{' UNSUPPORTED' if unsupported else ''})",
+                status=e.status,
+            ) from None
 
     # -- referrers ---------------------------------------------------------------------
     async def referrers(
@@ -444,12 +500,14 @@ class RegistryClient:
         """The OCI 1.1 referrers of ``digest`` as one index, or None without the API.
 
         ``GET /v2/<name>/referrers/<digest>`` (distribution-spec 1.1 "Listing Referrers").
-        A registry that implements it must not answer 404, so a 404 means "no referrers
-        API here" and the caller falls back on the referrers tag schema. Pages (``Link``
+        A registry that implements it must not answer 404, so a 404 (or 400/405/406, or a
+        first page that is not an image index) means "no referrers API here" and the
+        caller falls back on the referrers tag schema. Pages (``Link``
         ``rel="next"``) are merged into one index. With ``artifact_type`` the filter is
         asked of the server; a server that did not apply it (no ``artifactType`` in
         ``OCI-Filters-Applied``) is filtered here, so the answer is the same either way.
         """
+        repository = self.wire(repository)
         path = f"/v2/{repository}/referrers/{digest}"
         query: tuple[tuple[str, str], ...] = (
             (("artifactType", artifact_type),) if artifact_type else ()
@@ -466,18 +524,25 @@ class RegistryClient:
                     query=query,
                     headers={"Accept": OCI_INDEX},
                     # Only the first page may say "no API"; a later 404 is a broken server.
-                    absent=(404,) if page == 0 else (),
+                    absent=NO_REFERRERS_API if page == 0 else (),
                     scopes=(repository_scope(repository, "pull"),),
                     max_body=MAX_MANIFEST_BYTES,
                 )
             )
-            if resp.status == 404:
+            if resp.status in NO_REFERRERS_API:
                 return None
             where = f"{self.name}/{repository} referrers of {digest}"
-            index = parse_manifest(resp.body, OCI_INDEX, where=where)
-            if not index.is_index:
+            try:
+                index = parse_manifest(resp.body, OCI_INDEX, where=where)
+            except ManifestInvalidError:
+                index = None
+            if index is None or not index.is_index:
+                if page == 0:
+                    # A 200 that is not an image index (an HTML page, a registry UI,
+                    # ``{}``): not the API, as go-containerregistry also reads it.
+                    return None
                 raise ServerError(
-                    f"referrers answer is {index.media_type}, not an index",
+                    "referrers answer is not an image index",
                     registry=self.name,
                     repository=repository,
                 )

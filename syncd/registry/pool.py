@@ -56,6 +56,8 @@ class ClientPool:
         self._retries = retries
         self._user_agent = user_agent
         self._clients: dict[str, AnyClient] = {}
+        # The clients this pool closes: those it made, and those handed over to it.
+        self._owned: set[str] = set()
 
     def client(self, name: str) -> AnyClient:
         """The shared client of registry ``name`` (created on first use)."""
@@ -67,6 +69,7 @@ class ClientPool:
             layout = self._clients[name] = LayoutClient(
                 name, reg.url, metrics=self._metrics, retries=self._retries
             )
+            self._owned.add(name)
             return layout
         # Built first: a bad ca_file or client certificate is a ConfigError before any I/O.
         tls = ssl_context(reg)
@@ -132,6 +135,7 @@ class ClientPool:
             proxy=route if route else None,
         )
         client = self._clients[name] = RegistryClient(transport)
+        self._owned.add(name)
         return client
 
     def _proxies_from_env(self) -> EnvProxies:
@@ -162,13 +166,33 @@ class ClientPool:
         client = self.client(name)
         return not isinstance(client, LayoutClient) and client.transport.limits.budgeted
 
+    def adopt(self, previous: ClientPool) -> list[str]:
+        """Take over ``previous``'s clients of registries whose config is unchanged: their
+        sessions, cached tokens and learned challenges outlive a config reload. The
+        previous pool keeps using them until it closes, and then leaves them open.
+        Returns the names taken over."""
+        taken = []
+        for name, reg in self.configs.items():
+            client = previous._clients.get(name)
+            if client is None or previous.configs.get(name) != reg or name in self._clients:
+                continue
+            self._clients[name] = client
+            if name in previous._owned:
+                previous._owned.discard(name)
+                self._owned.add(name)
+            taken.append(name)
+        return taken
+
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        for name, client in self._clients.items():
+            if name not in self._owned:
+                continue
             if isinstance(client, LayoutClient):
                 await client.aclose()
             else:
                 await client.transport.aclose()
         self._clients.clear()
+        self._owned.clear()
 
     async def __aenter__(self) -> ClientPool:
         return self

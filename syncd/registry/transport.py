@@ -39,6 +39,7 @@ from syncd.errors import (
     ServerError,
     SyncdError,
 )
+from syncd.reference import origin
 from syncd.registry.auth import Authenticator, parse_challenge
 from syncd.registry.bodies import read_capped
 from syncd.registry.limits import RegistryLimits, Slot
@@ -150,6 +151,7 @@ class Transport:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
+        self.origin = origin(self.base_url)  # normalised: compared with upload Locations
         self.auth = authenticator
         self.metrics = metrics
         self.ssl = ssl
@@ -157,7 +159,7 @@ class Transport:
         self.username = username
         self.proxy = proxy
         self._user_agent = user_agent
-        self._max_concurrency = max_concurrency
+        self.max_concurrency = max_concurrency
         self._session: aiohttp.ClientSession | None = None
         self._ping_lock = asyncio.Lock()
         self._ping_failure: tuple[float, SyncdError] | None = None
@@ -180,7 +182,7 @@ class Transport:
         if self._session is None:
             # limit caps parallel connections to this registry: max_concurrency.
             connector = aiohttp.TCPConnector(
-                limit=self._max_concurrency,
+                limit=self.max_concurrency,
                 ttl_dns_cache=300,
                 enable_cleanup_closed=True,
                 force_close=bool(self.proxy and self.proxy.forwards_plain_http(self.base_url)),
@@ -206,7 +208,7 @@ class Transport:
         """The request's URL, and whether it is on the registry itself (not a redirect or
         an upload Location on another host)."""
         if req.path.startswith(("http://", "https://")):
-            return req.path, urlsplit(req.path).netloc == self.host
+            return req.path, origin(req.path) == self.origin
         return self.base_url + req.path, True
 
     async def ping(self, attempts: int = 0) -> None:

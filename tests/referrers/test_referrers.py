@@ -145,6 +145,36 @@ async def test_referrers_false_copies_none(source: Registry, target: Registry) -
         assert manifest_raw(target.url, REPO, art.digest) is None
 
 
+async def test_referrers_false_selects_no_referrer_tags_as_images(
+    source: Registry, target: Registry
+) -> None:
+    """No tag filter at all: the ``sha256-<hex>`` index and the cosign tag stay behind."""
+    s = seed(source)
+    result = await sync(make_config(source, [target], [REPO], referrers=False))
+    assert result.ok and result.synced == 2 and result.referrers_copied == 0
+    assert tags(target.url, REPO) == ["v1", "v2"]
+    assert manifest_raw(target.url, REPO, s.cosign.digest) is None
+
+
+async def test_referrers_false_copies_referrer_tags_an_include_names(
+    source: Registry, target: Registry
+) -> None:
+    """An include pattern that matches them asks for them: they are copied as images."""
+    s = seed(source)
+    sig_tag = fallback_tag(s.v1.digest) + ".sig"
+    cfg = make_config(
+        source,
+        [target],
+        [REPO],
+        referrers=False,
+        tags=TagFilter(include=(r"^v1$", r"\.sig$")),
+    )
+    result = await sync(cfg)
+    assert result.ok and result.synced == 2 and result.referrers_copied == 0
+    assert tags(target.url, REPO) == sorted(["v1", sig_tag])
+    assert manifest_raw(target.url, REPO, sig_tag) == s.cosign.raw
+
+
 async def test_referrers_types_restricts(source: Registry, target: Registry) -> None:
     s = seed(source)
     cfg = make_config(source, [target], [REPO], referrers_types=(SBOM_TYPE,))
