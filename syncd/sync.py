@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, failure_reason
-from syncd.manifest import Descriptor
+from syncd.prune import Listing, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
+from syncd.results import PlanEntry as PlanEntry
+from syncd.results import RulePassResult as RulePassResult
 from syncd.rules import (
     is_glob,
     is_immutable,
@@ -30,68 +33,13 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+from syncd.state import StateStore
+from syncd.state_sqlite import open_store
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class PlanEntry:
-    """One image at one target, as ``plan`` reports it."""
-
-    rule: str
-    source: str
-    tag: str
-    source_digest: str
-    digest: str
-    target: str
-    # up_to_date | copy | overwrite_refused | filtered | failed | immutable | referrer | unsigned
-    action: str
-    missing_blobs: list[Descriptor] = field(default_factory=list)
-    missing_manifests: int = 0
-    filtered_index: bool = False
-    error: str = ""
-    referrer_type: str = ""  # action "referrer": the artifactType of what would be copied
-
-    @property
-    def missing_bytes(self) -> int:
-        return sum(b.size for b in self.missing_blobs)
-
-
-@dataclass(slots=True)
-class RulePassResult:
-    """The outcome of one pass of one rule."""
-
-    rule: str
-    synced: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    blobs_copied: int = 0
-    blobs_mounted: int = 0
-    blobs_skipped: int = 0
-    bytes_copied: int = 0
-    referrers_copied: int = 0
-    failures: list[str] = field(default_factory=list)
-    plan: list[PlanEntry] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0
-
-    def add(self, other: RulePassResult) -> None:
-        self.synced += other.synced
-        self.skipped += other.skipped
-        self.failed += other.failed
-        self.blobs_copied += other.blobs_copied
-        self.blobs_mounted += other.blobs_mounted
-        self.blobs_skipped += other.blobs_skipped
-        self.bytes_copied += other.bytes_copied
-        self.referrers_copied += other.referrers_copied
-        self.failures.extend(other.failures)
-        self.plan.extend(other.plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +69,8 @@ class Syncer:
         self.metrics = metrics
         self.track_target_bytes = track_target_bytes
         self.referrers = ReferrerSync(engine, metrics, probe_up_to_date=probe_up_to_date)
+        self.store = engine.store
+        self.pruner = Pruner(pool, engine.store, engine, metrics)
         # (target, repository) -> (rule, tag) -> {blob digest: size}; for syncd_target_bytes
         self._kept: dict[tuple[str, str], dict[tuple[str, str], dict[str, int]]] = {}
         # Called after each image of a pass (the CLI's progress display).
@@ -155,13 +105,15 @@ class Syncer:
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
+        # what the source answered for each repository (what prune may act on)
+        listings: list[Listing] = []
 
         async def produce() -> None:
             try:
                 for repo in repos:
                     try:
                         async for job in self._jobs(
-                            rule, source.name, repo, result, dry_run, chosen
+                            rule, source.name, repo, result, dry_run, chosen, listings
                         ):
                             await queue.put(job)
                     except SyncdError as e:
@@ -178,6 +130,9 @@ class Syncer:
             tg.create_task(produce())
             for _ in range(rule.concurrency):
                 tg.create_task(work())
+        if rule.prune is not None:
+            await self.pruner.prune(rule, listings, result, dry_run=dry_run)
+        self.store.flush()
         result.seconds = time.monotonic() - start
         if not dry_run:
             self._forget_unkept(rule, chosen)
@@ -254,6 +209,7 @@ class Syncer:
         result: RulePassResult,
         dry_run: bool,
         chosen: dict[tuple[str, str], set[str]],
+        listings: list[Listing],
     ) -> AsyncIterator[_Job]:
         source = self.pool.client(source_name).with_retries(rule.retries)
         # A repository the rule names exactly must exist; one found through a glob does.
@@ -272,6 +228,7 @@ class Syncer:
         as_images = not (rule.referrers or rule.require_signature)
         listed = all_tags if as_images else [t for t in all_tags if t not in referrer_tags]
         tags = select_tags(listed, rule.tags)
+        listings.append(Listing(repo, frozenset(all_tags), frozenset(tags)))
         if rule.tags.names:
             # An explicitly named tag that the source lacks is an error, not a filter.
             present = set(all_tags)
@@ -363,6 +320,7 @@ class Syncer:
                 overwrite=rule.overwrite,
                 backup=rule.backup,
                 recheck=rule.target_recheck,
+                rule=rule.name,
             )
             for name, trepo in job.targets
         ]
@@ -572,6 +530,11 @@ def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
     return NotFoundError(f"tag {tag} not found", registry=registry, repository=repo)
 
 
+def _open_state(config: Config) -> StateStore:
+    # Reports are filed per config file, so configs sharing a store keep their own.
+    return open_store(config.state.path, scope=os.path.abspath(config.path))
+
+
 @asynccontextmanager
 async def open_syncer(
     config: Config,
@@ -583,14 +546,19 @@ async def open_syncer(
     """A Syncer with one HTTP session per registry, closed on exit.
 
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
-    the once-per-registry referrers-API probe; see ``ReferrerSync``.
+    the once-per-registry referrers-API probe; see ``ReferrerSync``. The state store of
+    ``config.state`` is opened for the Syncer's life (``syncd.state_sqlite``).
     """
-    async with ClientPool(config.registries, metrics=metrics) as pool:
-        yield Syncer(
-            config,
-            pool,
-            CopyEngine(metrics),
-            metrics,
-            track_target_bytes=track_target_bytes,
-            probe_up_to_date=probe_up_to_date,
-        )
+    store = await asyncio.to_thread(_open_state, config)
+    try:
+        async with ClientPool(config.registries, metrics=metrics) as pool:
+            yield Syncer(
+                config,
+                pool,
+                CopyEngine(metrics, store=store),
+                metrics,
+                track_target_bytes=track_target_bytes,
+                probe_up_to_date=probe_up_to_date,
+            )
+    finally:
+        store.close()

@@ -28,3 +28,11 @@ def source(registries: RegistryFactory) -> Registry:
 @pytest.fixture
 def target(registries: RegistryFactory) -> Registry:
     return registries()
+
+
+@pytest.fixture(autouse=True)
+def _private_state_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own default state store: ``syncd`` run by a test (in-process or as a
+    subprocess, which inherits the environment) must not share facts with another test."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))

@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -43,11 +43,13 @@ from syncd.config.schema import (
     DEFAULT_CONCURRENCY,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DELETIONS,
     DEFAULT_RETRIES,
     Config,
     RegistryConfig,
     RuleConfig,
     ServerConfig,
+    StateConfig,
     TagFilter,
 )
 from syncd.durations import parse_duration
@@ -55,6 +57,7 @@ from syncd.errors import ConfigError, ConfigProblem, InvalidReferenceError
 from syncd.reference import validate_repository, validate_tag
 from syncd.rules import backup_template_problem, is_glob, repository_matches, target_repository
 from syncd.secret import Secret
+from syncd.state_sqlite import default_state_path
 
 Path = tuple[str | int, ...]
 
@@ -520,6 +523,9 @@ class RuleModel(_Model):
     retries: Count | None = None
     concurrency: Count | None = None
     target_recheck: DurationOrZero | None = None
+    prune: Literal["deleted", "unselected"] | None = None
+    protect: RegexList = []
+    max_deletions: Count = DEFAULT_MAX_DELETIONS
 
     @field_validator("name")
     @classmethod
@@ -547,6 +553,12 @@ class ServerModel(_Model):
     webhook_token: Annotated[SecretStr, Field(min_length=1)] | None = None
 
 
+class StateModel(_Model):
+    """``state``: the file of the state store, or ``none``."""
+
+    path: NonEmpty | None = None
+
+
 class ConfigModel(_Model):
     """The whole file."""
 
@@ -554,6 +566,7 @@ class ConfigModel(_Model):
     defaults: DefaultsModel | None = None
     rules: Annotated[list[RuleModel], Field(min_length=1)]
     server: ServerModel | None = None
+    state: StateModel | None = None
 
 
 def _model_at(loc: Path) -> type[BaseModel] | None:
@@ -567,6 +580,8 @@ def _model_at(loc: Path) -> type[BaseModel] | None:
             return DefaultsModel
         case ("server",):
             return ServerModel
+        case ("state",):
+            return StateModel
         case ("rules", int()):
             return RuleModel
         case ("rules", int(), "tags"):
@@ -937,7 +952,16 @@ class _Loader:
                 if server.webhook_token
                 else None,
             ),
+            state=StateConfig(path=self._state_path(model.state)),
         )
+
+    def _state_path(self, state: StateModel | None) -> str | None:
+        path = state.path if state else None
+        if path is None:
+            return default_state_path(self.environ)
+        if path.lower() == "none":
+            return None
+        return self._resolve(path)
 
 
 def _rule(r: RuleModel, d: DefaultsModel) -> RuleConfig:
@@ -979,6 +1003,9 @@ def _rule(r: RuleModel, d: DefaultsModel) -> RuleConfig:
         target_recheck=(
             r.target_recheck if r.target_recheck is not None else d.target_recheck or 0.0
         ),
+        prune=r.prune,
+        protect=tuple(r.protect),
+        max_deletions=r.max_deletions,
     )
 
 

@@ -14,6 +14,7 @@ from syncd.config.schema import (
     RegistryConfig,
     RuleConfig,
     ServerConfig,
+    StateConfig,
     TagFilter,
 )
 from syncd.durations import format_duration, parse_duration
@@ -132,6 +133,9 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
                 schedule=None,
                 retries=3,
                 concurrency=4,
+                prune="unselected",
+                protect=("^latest$",),
+                max_deletions=5,
             ),
             RuleConfig(
                 name="base-images",
@@ -148,6 +152,7 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
             ),
         ),
         server=ServerConfig(listen="127.0.0.1:9090", webhook_token=Secret("webhook-token-value")),
+        state=StateConfig(path="/var/lib/syncd/state.db"),
     )
     assert config.rule("base-images") is config.rules[1]
     for value in ("dev-token-value", "edge-password-value", "webhook-token-value"):

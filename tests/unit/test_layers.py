@@ -21,8 +21,15 @@ L0 = {
     "syncd.config.schema",
     "syncd.secret",
     "syncd.durations",
+    "syncd.state",
 }
-L1_PREFIXES = ("syncd.config.load", "syncd.registry", "syncd.metrics", "syncd.logs")
+L1_PREFIXES = (
+    "syncd.config.load",
+    "syncd.registry",
+    "syncd.metrics",
+    "syncd.logs",
+    "syncd.state_sqlite",
+)
 L2_PREFIXES = (
     "syncd.copy",
     "syncd.blobs",
@@ -30,6 +37,10 @@ L2_PREFIXES = (
     "syncd.server",
     "syncd.daemon",
     "syncd.referrers",
+    "syncd.facts",
+    "syncd.concurrent",
+    "syncd.prune",
+    "syncd.results",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
