@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _common(p, suppress=True)
         p.add_argument("--rule", metavar="NAME", help="only this rule")
+        if name == "once":
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="resolve and report like plan through a pass; write and delete nothing",
+            )
         if name == "plan":
             p.add_argument(
                 "--output",
@@ -145,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return asyncio.run(_plan(config, rules, args.output))
+        if args.dry_run:
+            return asyncio.run(_plan(config, rules, "text", summary=True))
         return asyncio.run(_once(config, rules, args.listen))
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
@@ -178,6 +186,7 @@ def summary_line(total: RulePassResult, seconds: float) -> str:
         f"summary: images synced={total.synced} skipped={total.skipped} failed={total.failed}"
         f" blobs copied={total.blobs_copied} skipped={total.blobs_skipped}"
         f" mounted={total.blobs_mounted} referrers={total.referrers_copied}"
+        f" deleted={total.deleted}"
         f" bytes={total.bytes_copied} ({_human(total.bytes_copied)}) seconds={seconds:.2f}"
     )
 
@@ -245,6 +254,8 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
             await server.aclose()
     for failure in total.failures:
         print(f"failed: {failure}", file=sys.stderr)
+    for note in total.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(summary_line(total, time.monotonic() - start), flush=True)
     return EXIT_OK if total.ok else EXIT_FAILED
 
@@ -259,6 +270,9 @@ _ACTION_TEXT = {
     "referrer": "copy referrer",
     "unsigned": "unsigned (refused)",
     "failed": "error",
+    "delete": "delete",
+    "keep": "keep (not deleted)",
+    "delete_held": "delete held back (over max_deletions)",
 }
 # Plan actions that mean the image would not reach its target.
 _ERROR_ACTIONS = ("failed", "unsigned")
@@ -297,6 +311,8 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
             "filtered": sum(e.action == "filtered" for e in entries),
             "referrers": sum(e.action == "referrer" for e in entries),
             "unsigned": sum(e.action == "unsigned" for e in entries),
+            "delete": sum(e.action == "delete" for e in entries),
+            "delete_held": sum(e.action == "delete_held" for e in entries),
             "errors": sum(e.action in _ERROR_ACTIONS for e in entries),
             "missing_blobs": len({(e.target, b.digest) for e in copies for b in e.missing_blobs}),
             # A blob missing for several images of one target is transferred once.
@@ -307,13 +323,19 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
     }
 
 
-async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
+async def _plan(
+    config: Config, rules: list[RuleConfig], output: str, *, summary: bool = False
+) -> int:
+    """``plan``, and ``once --dry-run`` (``summary``: also the summary line of ``once``)."""
+    start = time.monotonic()
     total = RulePassResult("*")
     async with open_syncer(
         config, None, track_target_bytes=False, probe_up_to_date=False
     ) as syncer:
         for rule in rules:
             total.add(await syncer.run_rule(rule, dry_run=True))
+    for note in total.notes:
+        print(f"note: {note}", file=sys.stderr)
     doc = _plan_json(total.plan)
     if output == "json":
         print(json.dumps(doc, indent=2))
@@ -346,7 +368,9 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
         print(
             f"total: {t['copy']} to copy, {t['up_to_date']} up to date, "
             f"{t['overwrite_refused']} overwrite refused, {t['filtered']} filtered, "
-            f"{t['referrers']} referrers, {t['errors']} errors; "
+            f"{t['referrers']} referrers, {t['delete']} to delete, {t['errors']} errors; "
             f"{t['missing_blobs']} blobs, {_human(t['missing_bytes'])} to transfer"
         )
+    if summary:
+        print(summary_line(total, time.monotonic() - start), flush=True)
     return EXIT_FAILED if doc["totals"]["errors"] else EXIT_OK
