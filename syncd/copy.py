@@ -341,6 +341,8 @@ class CopyEngine:
                 outcome.action = "up_to_date"
             else:
                 outcome.action = "copied"
+                if not artifact:
+                    self.facts.image_present(t, result.digest, pushed=True)
             if t in counts:
                 c = counts[t]
                 outcome.blobs_copied, outcome.blobs_mounted = c.copied, c.mounted

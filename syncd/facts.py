@@ -93,19 +93,21 @@ class TargetFacts:
             self.store.tag_distrust(spec.rule, key_of(t), t.repository, spec.tag)
 
     # -- blobs -------------------------------------------------------------------------------
-    def image_present(self, t: Endpoint, digest: str) -> None:
-        """An image found up to date in ``t``: its blobs are all there."""
-        self.store.image_put(key_of(t), t.repository, digest)
+    def image_present(self, t: Endpoint, digest: str, *, pushed: bool = False) -> None:
+        """An image complete in ``t`` (found up to date, or ``pushed`` by this process,
+        which recorded its blobs' locations on the way)."""
+        self.store.image_put(key_of(t), t.repository, digest, noted=pushed)
 
     async def locate(self, t: Endpoint, digest: str) -> str | None:
         """Another repository of ``t``'s registry that holds ``digest``, if one is found.
 
         Asked by the blob mover for a blob missing from ``t`` whose location the store does
         not know. The candidates are images found up to date there (their blobs are all
-        present with them): up to ``LOCATE_BATCH`` not yet read are read now, from that
-        registry (one manifest GET each, none when cached by digest: not from the source,
-        whose pulls may be rate-limited), and their blobs recorded as located there. Best
-        effort: a manifest that cannot be read only means no hint.
+        present with them) whose blobs were never recorded: up to ``LOCATE_BATCH`` are read
+        now, from that registry (one manifest GET each, none when cached by digest: not from
+        the source, whose pulls may be rate-limited), and their blobs recorded as located
+        there. Images syncd pushed, or read before (in any process sharing the store), are
+        not read again. Best effort: a manifest that cannot be read only means no hint.
         """
         registry = key_of(t)
         async with self._locating.setdefault(registry, asyncio.Lock()):
@@ -130,5 +132,6 @@ class TargetFacts:
                 for b in image.blobs:
                     if self.store.blob_where(registry, b.digest) is None:
                         self.store.blob_put(registry, b.digest, where.repository)
+            self.store.image_put(registry, where.repository, digest, noted=True)
         except SyncdError as e:
             log.debug("could not read %s@%s for blob locations: %s", where, digest, e)

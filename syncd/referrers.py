@@ -26,12 +26,13 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from syncd.blobs import Endpoint
+from syncd.blobs import Endpoint, registry_of
 from syncd.config.schema import RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 # Image -> SBOM -> signature of the SBOM -> ... ; deeper chains are not followed (and a
 # cycle, impossible with content addressing but cheap to rule out, stops at the bound too).
 MAX_DEPTH = 4
+# How long a registry's answer to the referrers-API probe, kept in the state store, stands:
+# a restarted daemon does not ask again, and an upgraded registry is noticed within a day.
+REFERRERS_API_TTL = 86_400.0
 
 # cosign's legacy tags carry no artifactType; these are the types syncd gives them, for
 # ``referrers_types`` and the signature gate. ``.sig`` and ``.sbom`` use the types cosign
@@ -197,8 +201,13 @@ class ReferrerSync:
         return SourceReferrers(self, rule, source, tags)
 
     def known_api(self, endpoint: Endpoint) -> bool | None:
-        """Whether the registry has the referrers API, if this process has asked yet."""
-        return self._api.get(endpoint.client.name)
+        """Whether the registry has the referrers API, if known (asked, or in the store)."""
+        name = endpoint.client.name
+        if name not in self._api:
+            stored = self.engine.store.fact_get(registry_of(endpoint), "referrers_api")
+            if stored is not None and time.time() - stored[1] < REFERRERS_API_TTL:
+                self._api[name] = stored[0] == "yes"
+        return self._api.get(name)
 
     async def has_api(self, endpoint: Endpoint, digest: str) -> tuple[bool, Manifest | None]:
         """Whether the registry has the referrers API, asked once per registry.
@@ -208,7 +217,7 @@ class ReferrerSync:
         and its answer is returned so the caller need not ask again.
         """
         name = endpoint.client.name
-        known = self._api.get(name)
+        known = self.known_api(endpoint)
         if known is not None:
             return known, None
         async with self._probe:
@@ -217,6 +226,10 @@ class ReferrerSync:
                 return known, None
             index = await endpoint.client.referrers(endpoint.repository, digest)
             self._api[name] = index is not None
+            answer = "yes" if index is not None else "no"
+            self.engine.store.fact_put(
+                registry_of(endpoint), "referrers_api", answer, at=time.time()
+            )
             log.info(
                 "%s %s",
                 name,

@@ -115,10 +115,16 @@ class StateStore(Protocol):
         ...
 
     # -- images found complete in a target repository (where to look for blobs) ---------
-    def image_put(self, registry: str, repository: str, digest: str) -> None: ...
+    def image_put(
+        self, registry: str, repository: str, digest: str, *, noted: bool = False
+    ) -> None:
+        """``repository`` holds the complete image ``digest``; ``noted``: the locations
+        of its blobs are recorded (syncd pushed them, or read the image for them)."""
+        ...
 
     def image_list(self, registry: str, limit: int) -> list[tuple[str, str]]:
-        """Up to ``limit`` (repository, digest) pairs of ``registry``, newest first."""
+        """Up to ``limit`` (repository, digest) pairs of ``registry`` whose blobs are not
+        noted yet, newest first."""
         ...
 
     # -- other facts about a registry (e.g. whether it has the referrers API) -----------
@@ -162,6 +168,7 @@ class MemoryStore:
         self._tag_count = 0
         self._blobs = _Bounded()  # (registry, digest) -> repository
         self._images = _Bounded()  # (registry, repository) -> digest
+        self._noted = _Bounded()  # (registry, digest) of images whose blobs are recorded
         self._facts: dict[tuple[str, str], tuple[str, float]] = {}
         self._reports: dict[str, dict[str, Any]] = {}
 
@@ -215,13 +222,17 @@ class MemoryStore:
         ]:
             del self._blobs[key]
 
-    def image_put(self, registry: str, repository: str, digest: str) -> None:
+    def image_put(
+        self, registry: str, repository: str, digest: str, *, noted: bool = False
+    ) -> None:
         self._images.put((registry, repository), digest, MAX_IMAGES)
+        if noted:
+            self._noted.put((registry, digest), True, MAX_IMAGES)
 
     def image_list(self, registry: str, limit: int) -> list[tuple[str, str]]:
         out = []
         for (reg, repo), digest in reversed(self._images.items()):
-            if reg == registry:
+            if reg == registry and (reg, digest) not in self._noted:
                 out.append((repo, digest))
                 if len(out) >= limit:
                     break

@@ -44,9 +44,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " repository TEXT NOT NULL, at REAL NOT NULL,"
         " PRIMARY KEY (registry, digest)) WITHOUT ROWID",
         "CREATE TABLE images (registry TEXT NOT NULL, repository TEXT NOT NULL,"
-        " digest TEXT NOT NULL, at REAL NOT NULL,"
+        " digest TEXT NOT NULL, at REAL NOT NULL, noted INTEGER NOT NULL DEFAULT 0,"
         " PRIMARY KEY (registry, repository)) WITHOUT ROWID",
         "CREATE INDEX images_by_time ON images (registry, at)",
+        "CREATE INDEX images_by_digest ON images (registry, digest, noted)",
         "CREATE TABLE facts (registry TEXT NOT NULL, name TEXT NOT NULL,"
         " value TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (registry, name)) WITHOUT ROWID",
         "CREATE TABLE reports (scope TEXT NOT NULL, rule TEXT NOT NULL,"
@@ -146,7 +147,7 @@ class SqliteStore:
             raise
         self._tags: dict[_TagKey, TagRecord | None] = {}  # buffered; None: delete
         self._blobs: dict[tuple[str, str], tuple[str, float]] = {}
-        self._images: dict[tuple[str, str], tuple[str, float]] = {}
+        self._images: dict[tuple[str, str], tuple[str, float, bool]] = {}
         self._failed_once = False
 
     def _migrate(self) -> None:
@@ -275,14 +276,20 @@ class SqliteStore:
                 "DELETE FROM blobs WHERE registry=? AND repository=?", (registry, repository)
             )
 
-    def image_put(self, registry: str, repository: str, digest: str) -> None:
-        self._images[(registry, repository)] = (digest, time.time())
+    def image_put(
+        self, registry: str, repository: str, digest: str, *, noted: bool = False
+    ) -> None:
+        old = self._images.get((registry, repository))
+        noted = noted or (old is not None and old[0] == digest and old[2])
+        self._images[(registry, repository)] = (digest, time.time(), noted)
         self._maybe_flush()
 
     def image_list(self, registry: str, limit: int) -> list[tuple[str, str]]:
         self.flush()
         rows = self._rows(
-            "SELECT repository, digest FROM images WHERE registry=? ORDER BY at DESC LIMIT ?",
+            "SELECT repository, digest FROM images AS i WHERE registry=? AND NOT EXISTS"
+            " (SELECT 1 FROM images WHERE registry=i.registry AND digest=i.digest AND noted=1)"
+            " ORDER BY at DESC LIMIT ?",
             (registry, limit),
         )
         return [(str(r), str(d)) for r, d in rows]
@@ -345,9 +352,12 @@ class SqliteStore:
                 "DELETE FROM blobs WHERE registry=? AND digest=?",
                 [k for k, (repo, _) in blobs.items() if not repo],
             )
+            # A repository stays "noted" while its digest stays the same.
             self._db.executemany(
-                "INSERT OR REPLACE INTO images VALUES (?,?,?,?)",
-                [(*k, d, at) for k, (d, at) in images.items()],
+                "INSERT INTO images VALUES (?,?,?,?,?) ON CONFLICT (registry, repository) DO"
+                " UPDATE SET at=excluded.at, noted=CASE WHEN digest=excluded.digest THEN"
+                " max(noted, excluded.noted) ELSE excluded.noted END, digest=excluded.digest",
+                [(*k, d, at, int(noted)) for k, (d, at, noted) in images.items()],
             )
 
     def close(self) -> None:
