@@ -25,6 +25,7 @@ EXPECTED = {
     "SyncdPushRateAnomaly",
     "SyncdTargetStorageGrowth",
     "SyncdConfigReloadFailing",
+    "SyncdPruneHeldBack",
 }
 
 
