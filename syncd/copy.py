@@ -394,7 +394,8 @@ class CopyEngine:
     ) -> bool:
         """True if the target needs the image; raises if policy forbids the move."""
         t = spec.endpoint
-        if self.facts.trusted(spec) == digest:
+        # plan and once --dry-run ask the target: they report what is there now.
+        if not dry_run and self.facts.trusted(spec) == digest:
             return False
         early = looked.take(t) if looked else None
         try:
