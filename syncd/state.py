@@ -127,6 +127,13 @@ class StateStore(Protocol):
         noted yet, newest first."""
         ...
 
+    # -- content-addressed: the blobs (digest -> size) an image or index references -------
+    def sizes_get(self, digest: str) -> dict[str, int] | None:
+        """The blobs of the image (for an index: of all its children) named ``digest``."""
+        ...
+
+    def sizes_put(self, digest: str, sizes: dict[str, int]) -> None: ...
+
     # -- other facts about a registry (e.g. whether it has the referrers API) -----------
     def fact_get(self, registry: str, name: str) -> tuple[str, float] | None:
         """The value of a fact and when it was learnt (Unix time)."""
@@ -170,6 +177,7 @@ class MemoryStore:
         self._images = _Bounded()  # (registry, repository) -> digest
         self._noted = _Bounded()  # (registry, digest) of images whose blobs are recorded
         self._facts: dict[tuple[str, str], tuple[str, float]] = {}
+        self._sizes = _Bounded()  # image digest -> {blob digest: size}
         self._reports: dict[str, dict[str, Any]] = {}
 
     def tag_get(self, rule: str, registry: str, repository: str, tag: str) -> TagRecord | None:
@@ -237,6 +245,13 @@ class MemoryStore:
                 if len(out) >= limit:
                     break
         return out
+
+    def sizes_get(self, digest: str) -> dict[str, int] | None:
+        found: dict[str, int] | None = self._sizes.get(digest)
+        return found
+
+    def sizes_put(self, digest: str, sizes: dict[str, int]) -> None:
+        self._sizes.put(digest, sizes, MAX_IMAGES)
 
     def fact_get(self, registry: str, name: str) -> tuple[str, float] | None:
         return self._facts.get((registry, name))

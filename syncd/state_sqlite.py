@@ -48,6 +48,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " PRIMARY KEY (registry, repository)) WITHOUT ROWID",
         "CREATE INDEX images_by_time ON images (registry, at)",
         "CREATE INDEX images_by_digest ON images (registry, digest, noted)",
+        "CREATE TABLE sizes (digest TEXT PRIMARY KEY NOT NULL, blobs TEXT NOT NULL,"
+        " at REAL NOT NULL) WITHOUT ROWID",
         "CREATE TABLE facts (registry TEXT NOT NULL, name TEXT NOT NULL,"
         " value TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (registry, name)) WITHOUT ROWID",
         "CREATE TABLE reports (scope TEXT NOT NULL, rule TEXT NOT NULL,"
@@ -148,6 +150,7 @@ class SqliteStore:
         self._tags: dict[_TagKey, TagRecord | None] = {}  # buffered; None: delete
         self._blobs: dict[tuple[str, str], tuple[str, float]] = {}
         self._images: dict[tuple[str, str], tuple[str, float, bool]] = {}
+        self._sizes: dict[str, dict[str, int]] = {}
         self._failed_once = False
 
     def _migrate(self) -> None:
@@ -294,6 +297,20 @@ class SqliteStore:
         )
         return [(str(r), str(d)) for r, d in rows]
 
+    def sizes_get(self, digest: str) -> dict[str, int] | None:
+        if digest in self._sizes:
+            return self._sizes[digest]
+        rows = self._rows("SELECT blobs FROM sizes WHERE digest=?", (digest,))
+        try:
+            found = json.loads(rows[0][0]) if rows else None
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
+
+    def sizes_put(self, digest: str, sizes: dict[str, int]) -> None:
+        self._sizes[digest] = sizes
+        self._maybe_flush()
+
     # -- facts and reports -------------------------------------------------------------------
     def fact_get(self, registry: str, name: str) -> tuple[str, float] | None:
         rows = self._rows(
@@ -329,14 +346,14 @@ class SqliteStore:
 
     # -- writing -------------------------------------------------------------------------------
     def _maybe_flush(self) -> None:
-        if len(self._tags) + len(self._blobs) + len(self._images) >= BATCH:
+        if len(self._tags) + len(self._blobs) + len(self._images) + len(self._sizes) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
-        if not (self._tags or self._blobs or self._images):
+        if not (self._tags or self._blobs or self._images or self._sizes):
             return
-        tags, blobs, images = self._tags, self._blobs, self._images
-        self._tags, self._blobs, self._images = {}, {}, {}
+        tags, blobs, images, sizes = self._tags, self._blobs, self._images, self._sizes
+        self._tags, self._blobs, self._images, self._sizes = {}, {}, {}, {}
         with self._writing("a write"):
             puts = [(*k, r.digest, r.at, r.trusted_until) for k, r in tags.items() if r]
             gone = [k for k, r in tags.items() if r is None]
@@ -358,6 +375,11 @@ class SqliteStore:
                 " UPDATE SET at=excluded.at, noted=CASE WHEN digest=excluded.digest THEN"
                 " max(noted, excluded.noted) ELSE excluded.noted END, digest=excluded.digest",
                 [(*k, d, at, int(noted)) for k, (d, at, noted) in images.items()],
+            )
+            now = time.time()
+            self._db.executemany(
+                "INSERT OR REPLACE INTO sizes VALUES (?,?,?)",
+                [(d, json.dumps(b, sort_keys=True), now) for d, b in sizes.items()],
             )
 
     def close(self) -> None:

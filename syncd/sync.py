@@ -459,11 +459,16 @@ class Syncer:
     async def _track_bytes(
         self, rule: RuleConfig, source: Endpoint, job: _Job, image: ImageResult
     ) -> None:
+        # Content-addressed, so kept in the state store: a restarted daemon need not read
+        # every kept manifest again to report syncd_target_bytes.
+        blobs = self.store.sizes_get(image.digest)
         try:
-            m = image.manifest or await self.engine.manifest(source, image.digest)
-            blobs: dict[str, int] = {}
-            for part in [m, *(await self.engine.children(source, m) if m.is_index else [])]:
-                blobs.update((b.digest, b.size) for b in part.blobs)
+            if blobs is None:
+                m = image.manifest or await self.engine.manifest(source, image.digest)
+                blobs = {}
+                for part in [m, *(await self.engine.children(source, m) if m.is_index else [])]:
+                    blobs.update((b.digest, b.size) for b in part.blobs)
+                self.store.sizes_put(image.digest, blobs)
         except SyncdError as e:
             log.debug("cannot account bytes of %s: %s", image.source, e)
             return

@@ -93,6 +93,9 @@ def test_blobs_images_facts_and_reports(store: StateStore) -> None:
     store.image_put("reg", "b", "sha256:2")
     assert store.image_list("reg", 10)[0] in {("b", "sha256:2"), ("a", "sha256:1")}
     assert sorted(store.image_list("reg", 10)) == [("a", "sha256:1"), ("b", "sha256:2")]
+    store.sizes_put("sha256:img", {"sha256:l1": 10, "sha256:l2": 20})
+    assert store.sizes_get("sha256:img") == {"sha256:l1": 10, "sha256:l2": 20}
+    assert store.sizes_get("sha256:other") is None
     store.fact_put("reg", "referrers_api", "no", at=5.0)
     assert store.fact_get("reg", "referrers_api") == ("no", 5.0)
     store.save_report("app", {"name": "app", "targets": []})
