@@ -8,8 +8,8 @@ Two measurements (``python -m bench.state``, about two minutes at the default 5,
   and the size of the store a real pass over the corpus left behind.
 * **restart**: the many-tags corpus (bench.corpus) seeded into a source and a target, then
   process A runs two passes of one rule with ``target_recheck: 1h`` (the first confirms every
-  target tag, the second is the steady pass), process B (a restart, same store file) one
-  pass, and process C (a restart with ``state: {path: none}``, as before the store) one
+  target tag, the second is the steady pass), process B (a restart, same store file) two
+  (its first, and a steady one to compare it with in the same minute), and process C (a restart with ``state: {path: none}``, as before the store) one
   pass. Each process is ``python -c`` driving ``open_syncer`` and ``Syncer.run_rule`` with a
   ``Metrics`` registry, the daemon's own pass code (``probe_up_to_date`` on, bytes tracked),
   without the scheduler: wall is the pass, requests are counted from the registries'
@@ -150,7 +150,7 @@ def restart(tags: int, workdir: Path) -> dict[str, Any]:
         none = _config(workdir / "none.yml", src.url, tgt.url, repos, "none")
         regs = {"source": src, "target": tgt}
         a = _process(cfg, 2, regs)
-        b = _process(cfg, 1, regs)
+        b = _process(cfg, 2, regs)
         c = _process(none, 1, regs)
         return {
             "tags": many.tag_count,
@@ -158,6 +158,7 @@ def restart(tags: int, workdir: Path) -> dict[str, Any]:
             "first_pass_ever": a[0],
             "steady_pass": a[1],
             "restarted_with_store": b[0],
+            "steady_after_restart": b[1],
             "restarted_without_store": c[0],
             "store_bytes": sum(
                 os.path.getsize(p) for p in workdir.glob("state.db*") if p.is_file()

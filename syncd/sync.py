@@ -535,7 +535,8 @@ def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
     return NotFoundError(f"tag {tag} not found", registry=registry, repository=repo)
 
 
-def _open_state(config: Config) -> StateStore:
+def open_state(config: Config) -> StateStore:
+    """The state store of ``config`` (``state.path``; None: in memory)."""
     # Reports are filed per config file, so configs sharing a store keep their own.
     return open_store(config.state.path, scope=os.path.abspath(config.path))
 
@@ -554,7 +555,7 @@ async def open_syncer(
     the once-per-registry referrers-API probe; see ``ReferrerSync``. The state store of
     ``config.state`` is opened for the Syncer's life (``syncd.state_sqlite``).
     """
-    store = await asyncio.to_thread(_open_state, config)
+    store = await asyncio.to_thread(open_state, config)
     try:
         async with ClientPool(config.registries, metrics=metrics) as pool:
             yield Syncer(

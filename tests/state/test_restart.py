@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -159,3 +160,28 @@ def test_plan_and_dry_run_show_deletions(
     assert tags(target.url, "rp/app") == ["v1", "v2"]
     real = run("-c", str(cfg), "once")
     assert "deleted=1" in real.stdout and tags(target.url, "rp/app") == ["v2"]
+
+
+async def test_stale_blob_locations_after_a_target_is_recreated_cost_no_failure(
+    tmp_path: Path, source: Registry, target: Registry
+) -> None:
+    base = layer("rz-base", 30_000)
+    a, b = image("rz-a", layers=1, shared=[base]), image("rz-b", layers=1, shared=[base])
+    push(source.url, "rz/a", "v1", a)
+    cfg = stateful(tmp_path, source, [target], ["rz/a", "rz/b"])
+    async with open_syncer(cfg, None) as syncer:
+        await syncer.run_rule(cfg.rules[0])  # rz/b is not there yet
+    push(source.url, "rz/b", "v1", b)
+    # The target comes back empty at the same address: every stored location is wrong.
+    target.stop()
+    for child in target.root.iterdir():
+        shutil.rmtree(child)
+    target.start()
+    tmark = target.log_mark()
+    async with open_syncer(cfg, None) as syncer:
+        result = await syncer.run_rule(cfg.rules[0])
+    assert result.ok and result.synced == 2
+    assert manifest_raw(target.url, "rz/a", "v1") == a.raw
+    assert manifest_raw(target.url, "rz/b", "v1") == b.raw
+    t = target.counts(tmark, UA)
+    assert t["upload_put"] == 5, "base once, two layers, two configs"
