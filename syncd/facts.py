@@ -38,6 +38,9 @@ MAX_PRESENT_IMAGES = 4_096
 # How many of them one lookup may read (a manifest GET each, plus an index's children).
 LOCATE_BATCH = 8
 MAX_LOCATED = 8_192
+# How long a registry's answer to the referrers-API probe (syncd.referrers) stands: a
+# restarted daemon does not ask again, and an upgraded registry is noticed within a day.
+REFERRERS_API_TTL = 86_400.0
 
 
 def key_of(t: Endpoint) -> str:
@@ -91,6 +94,17 @@ class TargetFacts:
         if spec.tag and spec.rule:
             t = spec.endpoint
             self.store.tag_distrust(spec.rule, key_of(t), t.repository, spec.tag)
+
+    # -- the registry ------------------------------------------------------------------------
+    def api_known(self, t: Endpoint) -> bool | None:
+        """Whether ``t``'s registry has the OCI referrers API, if learnt within the TTL."""
+        stored = self.store.fact_get(key_of(t), "referrers_api")
+        if stored is None or time.time() - stored[1] >= REFERRERS_API_TTL:
+            return None
+        return stored[0] == "yes"
+
+    def api_learnt(self, t: Endpoint, has_api: bool) -> None:
+        self.store.fact_put(key_of(t), "referrers_api", "yes" if has_api else "no", at=time.time())
 
     # -- blobs -------------------------------------------------------------------------------
     def image_present(self, t: Endpoint, digest: str, *, pushed: bool = False) -> None:

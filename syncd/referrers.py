@@ -26,13 +26,12 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from syncd.blobs import Endpoint, registry_of
+from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
@@ -44,9 +43,6 @@ log = logging.getLogger(__name__)
 # Image -> SBOM -> signature of the SBOM -> ... ; deeper chains are not followed (and a
 # cycle, impossible with content addressing but cheap to rule out, stops at the bound too).
 MAX_DEPTH = 4
-# How long a registry's answer to the referrers-API probe, kept in the state store, stands:
-# a restarted daemon does not ask again, and an upgraded registry is noticed within a day.
-REFERRERS_API_TTL = 86_400.0
 
 # cosign's legacy tags carry no artifactType; these are the types syncd gives them, for
 # ``referrers_types`` and the signature gate. ``.sig`` and ``.sbom`` use the types cosign
@@ -203,10 +199,8 @@ class ReferrerSync:
     def known_api(self, endpoint: Endpoint) -> bool | None:
         """Whether the registry has the referrers API, if known (asked, or in the store)."""
         name = endpoint.client.name
-        if name not in self._api:
-            stored = self.engine.store.fact_get(registry_of(endpoint), "referrers_api")
-            if stored is not None and time.time() - stored[1] < REFERRERS_API_TTL:
-                self._api[name] = stored[0] == "yes"
+        if name not in self._api and (stored := self.engine.facts.api_known(endpoint)) is not None:
+            self._api[name] = stored
         return self._api.get(name)
 
     async def has_api(self, endpoint: Endpoint, digest: str) -> tuple[bool, Manifest | None]:
@@ -226,10 +220,7 @@ class ReferrerSync:
                 return known, None
             index = await endpoint.client.referrers(endpoint.repository, digest)
             self._api[name] = index is not None
-            answer = "yes" if index is not None else "no"
-            self.engine.store.fact_put(
-                registry_of(endpoint), "referrers_api", answer, at=time.time()
-            )
+            self.engine.facts.api_learnt(endpoint, index is not None)
             log.info(
                 "%s %s",
                 name,
