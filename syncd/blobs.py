@@ -109,7 +109,7 @@ class BlobMover:
         self.metrics = metrics
         self.chunked_threshold = chunked_threshold
         self.chunk_size = chunk_size
-        # (target registry, digest) -> a repository known to hold it
+        # Where blobs live in each target registry (kept by registry address, syncd.state)
         self.store: StateStore = store if store is not None else MemoryStore()
         # (target registry, repository, digest) -> when this process last saw it there
         self._present: LRU = LRU(MAX_LOCATIONS)
