@@ -9,11 +9,12 @@ Two measurements (``python -m bench.state``, about two minutes at the default 5,
 * **restart**: the many-tags corpus (bench.corpus) seeded into a source and a target, then
   process A runs two passes of one rule with ``target_recheck: 1h`` (the first confirms every
   target tag, the second is the steady pass), process B (a restart, same store file) two
-  (its first, and a steady one to compare it with in the same minute), and process C (a restart with ``state: {path: none}``, as before the store) one
-  pass. Each process is ``python -c`` driving ``open_syncer`` and ``Syncer.run_rule`` with a
-  ``Metrics`` registry, the daemon's own pass code (``probe_up_to_date`` on, bytes tracked),
-  without the scheduler: wall is the pass, requests are counted from the registries'
-  access logs by User-Agent.
+  (its first, and a steady one to compare it with in the same minute), and process C (a
+  restart with ``state: {path: none}``, as before the store) one pass. Each process is
+  ``python -c`` driving ``open_syncer`` and ``Syncer.run_rule`` with a ``Metrics``
+  registry, the daemon's own pass code (``probe_up_to_date`` on, bytes tracked), without
+  the scheduler: wall is the pass, requests are counted from the registries' access logs
+  by User-Agent.
 
 Results: one JSON document on stdout, and ``bench/out/state-<time>.json``.
 """
