@@ -229,3 +229,24 @@ def test_two_writers_share_a_file_and_a_kill_leaves_it_whole(tmp_path: Path) -> 
     s.tag_put("r", "reg", "app", "after", "sha256:b", at=1.0)
     s.close()
     assert _count(path) == n + 1
+
+
+def test_an_older_file_is_migrated_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import syncd.state_sqlite as mod
+
+    path = str(tmp_path / "s.db")
+    old = SqliteStore(path)
+    old.tag_put("r", "reg", "app", "v1", "sha256:a", at=1.0)
+    old.close()
+    later = (*mod.MIGRATIONS, ("CREATE TABLE later (x TEXT)",))
+    monkeypatch.setattr(mod, "MIGRATIONS", later)
+    monkeypatch.setattr(mod, "SCHEMA_VERSION", len(later))
+    new = mod.SqliteStore(path)
+    assert new.tag_get("r", "reg", "app", "v1") == TagRecord("sha256:a", 1.0, 0.0)
+    new.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(later)
+    assert db.execute("SELECT count(*) FROM later").fetchone()[0] == 0
+    db.close()
