@@ -35,7 +35,6 @@ from syncd.errors import ClientRequestError, SyncdError
 from syncd.manifest import INDEX_TYPES
 from syncd.registry.client import ManifestInfo, RegistryClient
 from syncd.registry.pool import ClientPool
-from syncd.results import PlanEntry, RulePassResult
 from syncd.rules import target_repository
 from syncd.state import StateStore, TagRecord
 
@@ -56,6 +55,32 @@ class Listing:
     repository: str
     tags: frozenset[str]  # every tag listed
     selected: frozenset[str]  # those the rule's filters selected
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDeletion:
+    """A line of ``plan`` about one tag prune looked at (dry runs only)."""
+
+    source: str  # source registry/repository
+    tag: str
+    digest: str
+    target: str  # target registry name/repository
+    action: str  # delete | keep | delete_held
+    reason: str = ""  # why kept: protected, changed, shared, source_empty, max_deletions, ...
+
+
+@dataclass(slots=True)
+class PruneOutcome:
+    """What one rule's prune did (or, in a dry run, would do)."""
+
+    deleted_by_target: dict[str, int] = field(default_factory=dict)
+    # What a person should hear about that is not a failed image, one line each.
+    notes: list[str] = field(default_factory=list)
+    planned: list[PlannedDeletion] = field(default_factory=list)
+
+    @property
+    def deleted(self) -> int:
+        return sum(self.deleted_by_target.values())
 
 
 @dataclass(slots=True)
@@ -82,16 +107,12 @@ class Pruner:
         self.metrics = metrics
 
     async def prune(
-        self,
-        rule: RuleConfig,
-        listings: Sequence[Listing],
-        result: RulePassResult,
-        *,
-        dry_run: bool = False,
-    ) -> None:
+        self, rule: RuleConfig, listings: Sequence[Listing], *, dry_run: bool = False
+    ) -> PruneOutcome:
         """Delete (or, with ``dry_run``, plan) what ``rule`` may delete at each target."""
+        result = PruneOutcome()
         if rule.prune is None:
-            return
+            return result
         for target in rule.targets:
             client = self.pool.client(target).with_retries(rule.retries)
             try:
@@ -99,6 +120,7 @@ class Pruner:
             except SyncdError as e:
                 # Listing the target failed: nothing is deleted there this pass.
                 self._note(rule, target, result, f"prune of {target} stopped: {e}")
+        return result
 
     async def _target(
         self,
@@ -106,7 +128,7 @@ class Pruner:
         target: str,
         client: RegistryClient,
         listings: Sequence[Listing],
-        result: RulePassResult,
+        result: PruneOutcome,
         dry_run: bool,
     ) -> None:
         approved: list[_Deletion] = []
@@ -148,7 +170,9 @@ class Pruner:
         for i, d in enumerate(approved):
             if dry_run:
                 for tag in d.tags:
-                    result.plan.append(self._entry(rule, target, d.source, d.repository, tag, d))
+                    result.planned.append(
+                        self._entry(rule, target, d.source, d.repository, tag, d.digest, "delete")
+                    )
                 continue
             try:
                 deleted = await client.manifest_delete(d.repository, d.digest)
@@ -184,7 +208,7 @@ class Pruner:
         listing: Listing,
         gone: list[str],
         records: dict[str, TagRecord],
-        result: RulePassResult,
+        result: PruneOutcome,
         dry_run: bool,
     ) -> list[_Deletion]:
         """The deletions of ``gone`` at ``t`` that pass checks 3 to 5."""
@@ -255,9 +279,8 @@ class Pruner:
         return out
 
     # -- accounting ---------------------------------------------------------------------------
-    def _deleted(self, rule: RuleConfig, target: str, d: _Deletion, result: RulePassResult) -> None:
+    def _deleted(self, rule: RuleConfig, target: str, d: _Deletion, result: PruneOutcome) -> None:
         n = len(d.tags)
-        result.deleted += n
         result.deleted_by_target[target] = result.deleted_by_target.get(target, 0) + n
         if self.metrics:
             self.metrics.tags_deleted.labels(rule=rule.name, target=target).inc(n)
@@ -280,7 +303,7 @@ class Pruner:
         self,
         rule: RuleConfig,
         target: str,
-        result: RulePassResult,
+        result: PruneOutcome,
         tags: Iterable[str],
         reason: str,
         dry_run: bool,
@@ -294,11 +317,11 @@ class Pruner:
             source = (
                 where.repository if isinstance(where, Listing) else getattr(where, "source", "")
             )
+            action = "delete_held" if reason == "max_deletions" else "keep"
             for tag in tags:
-                entry = self._entry(rule, target, source, trepo, tag, None)
-                entry.action = "delete_held" if reason == "max_deletions" else "keep"
-                entry.error = reason
-                result.plan.append(entry)
+                result.planned.append(
+                    self._entry(rule, target, source, trepo, tag, "", action, reason)
+                )
             return
         if self.metrics:
             self.metrics.deletions_skipped.labels(rule=rule.name, target=target, reason=reason).inc(
@@ -312,14 +335,15 @@ class Pruner:
         source: str,
         trepo: str,
         tag: str,
-        d: _Deletion | None,
-    ) -> PlanEntry:
-        digest = d.digest if d else ""
-        return PlanEntry(
-            rule.name, f"{rule.source}/{source}", tag, "", digest, f"{target}/{trepo}", "delete"
+        digest: str,
+        action: str,
+        reason: str = "",
+    ) -> PlannedDeletion:
+        return PlannedDeletion(
+            f"{rule.source}/{source}", tag, digest, f"{target}/{trepo}", action, reason
         )
 
-    def _note(self, rule: RuleConfig, target: str, result: RulePassResult, text: str) -> None:
+    def _note(self, rule: RuleConfig, target: str, result: PruneOutcome, text: str) -> None:
         result.notes.append(f"rule {rule.name}: {text}")
         log.warning(text, extra={"rule": rule.name, "target": target, "event": "prune"})
 

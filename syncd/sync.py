@@ -19,7 +19,7 @@ from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, failure_reason
-from syncd.prune import Listing, Pruner
+from syncd.prune import Listing, PruneOutcome, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
@@ -131,13 +131,24 @@ class Syncer:
             for _ in range(rule.concurrency):
                 tg.create_task(work())
         if rule.prune is not None:
-            await self.pruner.prune(rule, listings, result, dry_run=dry_run)
+            self._take_prune(rule, result, await self.pruner.prune(rule, listings, dry_run=dry_run))
         self.store.flush()
         result.seconds = time.monotonic() - start
         if not dry_run:
             self._forget_unkept(rule, chosen)
             self._finish_rule(rule, result)
         return result
+
+    @staticmethod
+    def _take_prune(rule: RuleConfig, result: RulePassResult, pruned: PruneOutcome) -> None:
+        result.deleted += pruned.deleted
+        for target, n in pruned.deleted_by_target.items():
+            result.deleted_by_target[target] = result.deleted_by_target.get(target, 0) + n
+        result.notes.extend(pruned.notes)
+        result.plan.extend(
+            PlanEntry(rule.name, p.source, p.tag, "", p.digest, p.target, p.action, error=p.reason)
+            for p in pruned.planned
+        )
 
     def _forget_unkept(self, rule: RuleConfig, chosen: dict[tuple[str, str], set[str]]) -> None:
         """Drop byte accounting for tags this rule no longer selects (deleted, filtered)."""
