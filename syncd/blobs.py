@@ -66,8 +66,10 @@ class Endpoint:
 
 
 def registry_of(t: Endpoint) -> str:
-    """The state store's name for ``t``'s registry (its normalised address)."""
-    return registry_key(t.client.transport.base_url)
+    """The state store's name for ``t``'s registry (its normalised address); a client
+    without an HTTP transport (a local layout) is named by its ``host``."""
+    transport = getattr(t.client, "transport", None)
+    return registry_key(transport.base_url if transport is not None else t.client.host)
 
 
 class LRU(OrderedDict[Any, Any]):

@@ -22,10 +22,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from syncd.blobs import LRU, Endpoint
+from syncd.blobs import LRU, Endpoint, registry_of
 from syncd.errors import SyncdError
 from syncd.manifest import Manifest
-from syncd.state import StateStore, registry_key
+from syncd.state import StateStore
 
 if TYPE_CHECKING:
     from syncd.copy import TargetSpec
@@ -43,9 +43,7 @@ MAX_LOCATED = 8_192
 REFERRERS_API_TTL = 86_400.0
 
 
-def key_of(t: Endpoint) -> str:
-    """The store's name for ``t``'s registry (its normalised address)."""
-    return registry_key(t.client.transport.base_url)
+key_of = registry_of  # the store's name for an endpoint's registry
 
 
 class TargetFacts:

@@ -175,7 +175,10 @@ class Pruner:
                     )
                 continue
             try:
-                deleted = await client.manifest_delete(d.repository, d.digest)
+                delete = getattr(client, "manifest_delete", None)
+                if delete is None:  # a client that cannot delete at all answers as 405 would
+                    raise ClientRequestError("deletes not supported", status=405)
+                deleted = await delete(d.repository, d.digest)
             except ClientRequestError as e:
                 if e.status != 405 and not any(x.code == "UNSUPPORTED" for x in e.details):
                     raise
