@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from syncd.errors import (
 from syncd.manifest import Descriptor
 from syncd.registry.client import RegistryClient
 from syncd.state import MemoryStore, StateStore, registry_key
+from syncd.uploads import Pieces, UploadSession, drain, force_put
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -291,7 +292,7 @@ class BlobMover:
         ``retries`` failures in a row that gained no new acknowledged bytes end it.
         """
         chunked = blob.size > self.chunked_threshold
-        sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
+        sessions = [UploadSession(t, loc, fut, chunked) for t, loc, fut in uploads]
         # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
         # what lets a resumed upload still verify the WHOLE blob.
         checkpoints: dict[int, Any] = {}
@@ -299,9 +300,9 @@ class BlobMover:
             checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
         attempts = max(1, source.client.attempts)
         # Each batch is one source read: (sessions, offset the registry already holds).
-        batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
+        batches: list[tuple[list[UploadSession], int]] = [(sessions, 0)]
         while batches:
-            failed: list[tuple[_Session, BaseException]] = []
+            failed: list[tuple[UploadSession, BaseException]] = []
             for group, resume_at in batches:
                 errors = await self._tee(
                     source, blob, group, resume_at=resume_at, checkpoints=checkpoints
@@ -312,7 +313,7 @@ class BlobMover:
                         s.future.set_result("copied")
                     else:
                         failed.append((s, err))
-            retry: list[_Session] = []
+            retry: list[UploadSession] = []
             for s, err in failed:
                 if s.acked > s.best:
                     s.best = s.acked  # new bytes acknowledged: the budget starts over
@@ -340,7 +341,7 @@ class BlobMover:
             worst = max(s.failures for s in retry)
             await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
             batches = []
-            fresh: list[_Session] = []
+            fresh: list[UploadSession] = []
             for s in retry:
                 at = await self._resume_point(s, blob)
                 if at is not None:
@@ -357,7 +358,7 @@ class BlobMover:
                 # Targets starting over still share one source read.
                 batches.append((fresh, 0))
 
-    async def _abandon(self, s: _Session) -> None:
+    async def _abandon(self, s: UploadSession) -> None:
         """Best effort: tell the registry to drop a session we give up on (its partial
         bytes would otherwise wait for the registry's upload purging)."""
         with contextlib.suppress(SyncdError):
@@ -371,7 +372,7 @@ class BlobMover:
             self.metrics.blobs_copied.labels(target=t.client.name).inc()
             self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(blob.size)
 
-    async def _resume_point(self, s: _Session, blob: Descriptor) -> int | None:
+    async def _resume_point(self, s: UploadSession, blob: Descriptor) -> int | None:
         """The offset to resume ``s`` at, or None to start a fresh session.
 
         Asks the registry (``GET`` on the upload URL, ``Range: 0-N``). CNCF distribution
@@ -429,7 +430,7 @@ class BlobMover:
         self,
         source: Endpoint,
         blob: Descriptor,
-        sessions: Sequence[_Session],
+        sessions: Sequence[UploadSession],
         *,
         resume_at: int = 0,
         checkpoints: dict[int, Any],
@@ -465,7 +466,7 @@ class BlobMover:
                     await read(0)
             except BaseException as e:
                 for q in queues:
-                    _force_put(q, e)
+                    force_put(q, e)
                 raise
 
         async def read(begin_at: int) -> None:
@@ -505,7 +506,7 @@ class BlobMover:
         async def consume(i: int) -> None:
             s = sessions[i]
             t = s.endpoint
-            pieces = _Pieces(queues[i])
+            pieces = Pieces(queues[i])
             try:
                 if s.chunked:
                     await self._send_chunks(s, blob, pieces, resume_at)
@@ -519,7 +520,7 @@ class BlobMover:
                     )
             except BaseException:
                 dead[i] = True
-                _drain(queues[i])
+                drain(queues[i])
                 raise
 
         results = await asyncio.gather(
@@ -540,7 +541,7 @@ class BlobMover:
         return out
 
     async def _send_chunks(
-        self, s: _Session, blob: Descriptor, pieces: _Pieces, offset: int
+        self, s: UploadSession, blob: Descriptor, pieces: Pieces, offset: int
     ) -> None:
         """PATCH chunk after chunk from ``offset``; the last chunk rides in the committing PUT.
 
@@ -568,54 +569,3 @@ class BlobMover:
             )
             offset = boundary
             s.acked = offset
-
-
-@dataclass(slots=True, eq=False)
-class _Session:
-    """One target's upload of one blob: where it is and what the registry acknowledged."""
-
-    endpoint: Endpoint
-    location: str
-    future: asyncio.Future[str]
-    chunked: bool
-    acked: int = 0  # end of the last PATCH the registry answered
-    best: int = 0  # the most ever acknowledged, so only real progress resets ``failures``
-    failures: int = 0  # failed attempts since the last progress
-
-
-class _Pieces:
-    """A consumer's view of its queue: exactly ``n`` bytes at a time, or an error."""
-
-    def __init__(self, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
-        self._queue = queue
-
-    async def take(self, n: int) -> AsyncIterator[bytes]:
-        left = n
-        while left > 0:
-            item = await self._queue.get()
-            if item is None or isinstance(item, BaseException) or len(item) > left:
-                raise _SourceFailed()
-            left -= len(item)
-            yield item
-
-    def body(self, n: int) -> Callable[[], AsyncIterator[bytes]]:
-        """A request body factory for the next ``n`` bytes (used once: not replayable)."""
-        return lambda: self.take(n)
-
-    async def end(self) -> None:
-        if await self._queue.get() is not None:
-            raise _SourceFailed()
-
-
-class _SourceFailed(Exception):
-    """Raised inside an upload body when the source stream failed; aborts that request."""
-
-
-def _drain(q: asyncio.Queue[Any]) -> None:
-    while not q.empty():
-        q.get_nowait()
-
-
-def _force_put(q: asyncio.Queue[Any], item: Any) -> None:
-    _drain(q)
-    q.put_nowait(item)

@@ -41,6 +41,7 @@ L2_PREFIXES = (
     "syncd.concurrent",
     "syncd.prune",
     "syncd.results",
+    "syncd.uploads",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
