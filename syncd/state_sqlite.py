@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from syncd.config.schema import Config
 from syncd.state import MemoryStore, StateStore, TagRecord
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ def open_store(path: str | None, *, scope: str = "") -> StateStore:
             return _in_memory(path, again)
     except (OSError, StoreVersionError) as e:
         return _in_memory(path, e)
+
+
+def open_state(config: Config) -> StateStore:
+    """The state store of ``config`` (``state.path``; None: in memory)."""
+    # Reports are filed per config file, so configs sharing a store keep their own.
+    return open_store(config.state.path, scope=os.path.abspath(config.path))
 
 
 def _in_memory(path: str, err: BaseException) -> StateStore:

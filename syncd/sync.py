@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -33,8 +32,7 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
-from syncd.state import StateStore
-from syncd.state_sqlite import open_store
+from syncd.state_sqlite import open_state
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -544,12 +542,6 @@ class Syncer:
 
 def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
     return NotFoundError(f"tag {tag} not found", registry=registry, repository=repo)
-
-
-def open_state(config: Config) -> StateStore:
-    """The state store of ``config`` (``state.path``; None: in memory)."""
-    # Reports are filed per config file, so configs sharing a store keep their own.
-    return open_store(config.state.path, scope=os.path.abspath(config.path))
 
 
 @asynccontextmanager
