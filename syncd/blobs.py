@@ -41,6 +41,7 @@ from syncd.errors import (
 from syncd.manifest import Descriptor
 from syncd.registry.pool import AnyClient
 from syncd.registry.slots import TransferSlots
+from syncd.state import MemoryStore, StateStore, registry_key
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -53,8 +54,7 @@ log = logging.getLogger(__name__)
 # Chunks buffered per target while teeing one source stream: bounds memory to
 # QUEUE_DEPTH x CHUNK_SIZE per target however large the blob.
 QUEUE_DEPTH = 4
-# Remembered blob locations per process (the daemon keeps them across passes, which is
-# what makes cross-repository mounts work from one pass to the next).
+# Blobs remembered as seen per target repository (``PRESENT_TTL``).
 MAX_LOCATIONS = 200_000
 # How long a blob this process saw in a target repository is taken as still there without
 # another HEAD: long enough to cover a pass (images of one repository share layers), short
@@ -78,8 +78,16 @@ class Endpoint:
         return f"{self.client.name}/{self.repository}"
 
 
+def registry_of(t: Endpoint) -> str:
+    """The state store's name for ``t``'s registry (its normalised address); a client
+    without an HTTP transport (a local layout) is named by its ``host``."""
+    transport = getattr(t.client, "transport", None)
+    return registry_key(transport.base_url if transport is not None else t.client.host)
+
+
 class BlobMover:
-    """Makes blobs present at targets; remembers, per target registry, where they live."""
+    """Makes blobs present at targets; records, per target registry, where they live (in
+    the state store, so a later process mounts what an earlier one stored)."""
 
     def __init__(
         self,
@@ -87,12 +95,13 @@ class BlobMover:
         *,
         chunked_threshold: int = CHUNKED_THRESHOLD,
         chunk_size: int = UPLOAD_CHUNK,
+        store: StateStore | None = None,
     ) -> None:
         self.metrics = metrics
         self.chunked_threshold = chunked_threshold
         self.chunk_size = chunk_size
-        # (target registry, digest) -> a repository known to hold it
-        self._locations: LRU = LRU(MAX_LOCATIONS)
+        # Where blobs live in each target registry (kept by registry address, syncd.state)
+        self.store: StateStore = store if store is not None else MemoryStore()
         # (target registry, repository, digest) -> when this process last saw it there
         self._present: LRU = LRU(MAX_LOCATIONS)
         # (target registry, repository, digest) -> future of the task making it present
@@ -103,7 +112,7 @@ class BlobMover:
         self.slots = TransferSlots()
         # Asked, when a blob is missing from a repository and nothing is known of it, for
         # another repository of that registry that has it (the copy engine looks through
-        # images it found up to date there: see CopyEngine._locate).
+        # images it found up to date there: see TargetFacts.locate).
         self.locate: Callable[[Endpoint, str], Awaitable[str | None]] | None = None
 
     async def ensure_blob(
@@ -180,30 +189,20 @@ class BlobMover:
             except SyncdError as e:
                 failures.setdefault(t, e)
 
-    def hint(self, registry: str, digest: str, repository: str) -> None:
-        """``repository`` at ``registry`` holds ``digest`` (unless something better is known)."""
-        if (registry, digest) not in self._locations:
-            self._locations.remember((registry, digest), repository)
-
-    def location(self, registry: str, digest: str) -> str | None:
-        return self._locations.get((registry, digest))
-
     def _remember(self, t: Endpoint, digest: str) -> None:
-        self._locations.remember((t.client.name, digest), t.repository)
+        self.store.blob_put(registry_of(t), digest, t.repository)
         self._present.remember((t.client.name, t.repository, digest), time.monotonic())
 
     def forget_repository(self, t: Endpoint) -> None:
         """Stop trusting what was seen in ``t`` (a manifest PUT there failed: maybe a GC)."""
         for key in [k for k in self._present if k[0] == t.client.name and k[1] == t.repository]:
             del self._present[key]
-        for key in [k for k, repo in self._locations.items() if repo == t.repository]:
-            del self._locations[key]
+        self.store.repository_forget(registry_of(t), t.repository)
 
     def forget_registry(self, name: str) -> None:
         """Forget every location and presence learned at registry ``name``."""
-        for lru in (self._locations, self._present):
-            for key in [k for k in lru if k[0] == name]:
-                del lru[key]
+        for key in [k for k in self._present if k[0] == name]:
+            del self._present[key]
 
     def _seen(self, t: Endpoint, digest: str) -> bool:
         at = self._present.get((t.client.name, t.repository, digest))
@@ -227,13 +226,12 @@ class BlobMover:
             # a blob from another repository"). A mount answers 201 also when the target
             # already had it; a declined one (202) opens the session the upload needs.
             return await self._mount(t, blob, counts, source.repository)
-        reg_key = (t.client.name, blob.digest)
         if pending is not None:
             # Another repository of this registry is receiving it now: wait, then mount.
             with contextlib.suppress(SyncdError, asyncio.CancelledError):
                 await asyncio.shield(pending)
         location: str | None = None
-        known = self._locations.get(reg_key)
+        known = self.store.blob_where(registry_of(t), blob.digest)
         if known and known != t.repository and t.client.can_mount:
             # A mount answers 201 whether it links the blob or the repository already had
             # it, so it stands in for the HEAD: one request instead of two.
@@ -278,7 +276,7 @@ class BlobMover:
                 e,
                 extra={"event": "mount_refused", "digest": blob.digest},
             )
-            self._locations.pop((t.client.name, blob.digest), None)
+            self.store.blob_delete(registry_of(t), blob.digest)
             return await t.client.upload_start(t.repository)
         if location is None:
             self._remember(t, blob.digest)
@@ -287,7 +285,7 @@ class BlobMover:
                 self.metrics.blobs_mounted.labels(target=t.client.name).inc()
             return None
         # Declined (the other repository lost it, or no pull right there): forget it.
-        self._locations.pop((t.client.name, blob.digest), None)
+        self.store.blob_delete(registry_of(t), blob.digest)
         return location
 
     def _skipped(self, t: Endpoint, blob: Descriptor, counts: BlobCounts) -> None:

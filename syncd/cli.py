@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="FILE",
                 help="write the JSON run report of the pass to FILE (also when images failed)",
             )
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="resolve and report like plan through a pass; write and delete nothing",
+            )
         if name == "plan":
             p.add_argument(
                 "--output",
@@ -178,6 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_plan(config, rules, args.output))
         if args.command == "verify":
             return asyncio.run(_verify(config, rules))
+        if args.dry_run:
+            if args.report:
+                print("syncd: once --dry-run writes no run report (drop --report)", file=sys.stderr)
+                return EXIT_CONFIG
+            return asyncio.run(_plan(config, rules, "text", summary=True))
         return asyncio.run(_once(config, rules, args.listen, args.report))
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
@@ -219,6 +229,7 @@ def summary_line(total: RulePassResult, seconds: float) -> str:
         f"summary: images synced={total.synced} skipped={total.skipped} failed={total.failed}"
         f" blobs copied={total.blobs_copied} skipped={total.blobs_skipped}"
         f" mounted={total.blobs_mounted} referrers={total.referrers_copied}"
+        f" deleted={total.deleted}"
         f" bytes={total.bytes_copied} ({_human(total.bytes_copied)}) seconds={seconds:.2f}"
     )
 
@@ -291,6 +302,8 @@ async def _once(
             await server.aclose()
     for failure in total.failures:
         print(f"failed: {failure}", file=sys.stderr)
+    for note in total.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(summary_line(total, time.monotonic() - start), flush=True)
     if report:
         try:
@@ -311,6 +324,9 @@ _ACTION_TEXT = {
     "referrer": "copy referrer",
     "unsigned": "unsigned (refused)",
     "failed": "error",
+    "delete": "delete",
+    "keep": "keep (not deleted)",
+    "delete_held": "delete held back (over max_deletions)",
 }
 # Plan actions that mean the image would not reach its target.
 _ERROR_ACTIONS = ("failed", "unsigned")
@@ -349,6 +365,8 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
             "filtered": sum(e.action == "filtered" for e in entries),
             "referrers": sum(e.action == "referrer" for e in entries),
             "unsigned": sum(e.action == "unsigned" for e in entries),
+            "delete": sum(e.action == "delete" for e in entries),
+            "delete_held": sum(e.action == "delete_held" for e in entries),
             "errors": sum(e.action in _ERROR_ACTIONS for e in entries),
             "missing_blobs": len({(e.target, b.digest) for e in copies for b in e.missing_blobs}),
             # A blob missing for several images of one target is transferred once.
@@ -359,13 +377,19 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
     }
 
 
-async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
+async def _plan(
+    config: Config, rules: list[RuleConfig], output: str, *, summary: bool = False
+) -> int:
+    """``plan``, and ``once --dry-run`` (``summary``: also the summary line of ``once``)."""
+    start = time.monotonic()
     total = RulePassResult("*")
     async with open_syncer(
         config, None, track_target_bytes=False, probe_up_to_date=False
     ) as syncer:
         for rule in rules:
             total.add(await syncer.run_rule(rule, dry_run=True))
+    for note in total.notes:
+        print(f"note: {note}", file=sys.stderr)
     doc = _plan_json(total.plan)
     if output == "json":
         print(json.dumps(doc, indent=2))
@@ -398,9 +422,11 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
         print(
             f"total: {t['copy']} to copy, {t['up_to_date']} up to date, "
             f"{t['overwrite_refused']} overwrite refused, {t['filtered']} filtered, "
-            f"{t['referrers']} referrers, {t['errors']} errors; "
+            f"{t['referrers']} referrers, {t['delete']} to delete, {t['errors']} errors; "
             f"{t['missing_blobs']} blobs, {_human(t['missing_bytes'])} to transfer"
         )
+    if summary:
+        print(summary_line(total, time.monotonic() - start), flush=True)
     # A rule that could not even be listed (no catalog, registry down) has no plan entries
     # but is a registry error all the same.
     return EXIT_FAILED if doc["totals"]["errors"] or total.failed else EXIT_OK
@@ -427,8 +453,19 @@ def _status(config: Config | None, listen: str | None, output: str) -> int:
     from syncd.status import StatusUnavailableError, format_status, read_status
 
     address = listen or (config.server.listen if config else None) or DEFAULT_LISTEN
+    stored: dict[str, Any] = {}
+    if config is not None:
+        from syncd.state_sqlite import open_state
+
+        store = open_state(config)
+        try:
+            saved = store.reports()
+        finally:
+            store.close()
+        # The rules of this config, in its order: a store may outlive renamed rules.
+        stored = {r.name: saved[r.name] for r in config.rules if r.name in saved}
     try:
-        doc = read_status(address)
+        doc = read_status(address, stored=stored)
     except (StatusUnavailableError, ValueError) as e:
         print(f"syncd: no run report: {e}", file=sys.stderr)
         return EXIT_FAILED

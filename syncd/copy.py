@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -34,8 +33,10 @@ from syncd.errors import (
     ServerError,
     SyncdError,
 )
+from syncd.facts import TargetFacts
 from syncd.manifest import Descriptor, Manifest, Platform
 from syncd.rules import backup_tag, platform_selected
+from syncd.state import StateStore
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -55,46 +56,38 @@ log = logging.getLogger(__name__)
 # Manifests remembered per process: content-addressed, so never stale; the daemon keeps
 # them across passes, which is what makes no-op passes cheap.
 MAX_MANIFESTS = 8_192
-# Target tags remembered for ``target_recheck`` (a few hundred bytes each).
-MAX_VERIFIED = 200_000
-# Images found up to date, one per target repository, kept per target registry: where to
-# look for a blob missing elsewhere in that registry (``CopyEngine._locate``).
-MAX_PRESENT_IMAGES = 4_096
-# How many of them one lookup may read (a manifest GET each, plus an index's children).
-LOCATE_BATCH = 8
 
 
 class CopyEngine:
-    """Copies images in integrity order; caches manifests by digest across passes."""
+    """Copies images in integrity order; caches manifests by digest across passes and
+    keeps what it learns about targets in the state store (``syncd.facts``)."""
 
-    def __init__(self, metrics: Metrics | None = None, *, blobs: BlobMover | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        *,
+        blobs: BlobMover | None = None,
+        store: StateStore | None = None,
+    ) -> None:
         self.metrics = metrics
-        self.blobs = blobs or BlobMover(metrics)
+        self.blobs = blobs or BlobMover(metrics, store=store)
+        self.store = self.blobs.store
         self._manifests: LRU = LRU(MAX_MANIFESTS)
         self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
         # (target registry, repository, tag, digest): the copy of a tag under way
         self._tag_copies = OnePerKey()
         # (target registry, repository, child digest): the push of an index child under way
         self._child_pushes = OnePerKey()
-        # (target registry, repository, tag) -> (digest, until when it is trusted): only
-        # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
-        self._verified: LRU = LRU(MAX_VERIFIED)
-        # target registry -> target repository -> digest of an image found up to date
-        # there; and the (registry, digest) already read for blobs
-        self._present_images: dict[str, LRU] = {}
-        self._located: LRU = LRU(MAX_MANIFESTS)
-        self._locating: dict[str, asyncio.Lock] = {}
-        self.blobs.locate = self._locate
+        # Trusted target tags (``target_recheck``), images found complete at a target and
+        # where else a blob may be there: kept in the state store.
+        self.facts = TargetFacts(self.store, self.manifest, self.children)
+        self.blobs.locate = self.facts.locate
 
     def forget_registry(self, name: str) -> None:
         """Drop what was learned about registry ``name`` (a reload changed or removed it);
         manifests are content-addressed and stay."""
         self.blobs.forget_registry(name)
-        self._present_images.pop(name, None)
-        for key in [k for k in self._verified if k[0] == name]:
-            del self._verified[key]
-        for key in [k for k in self._located if k[0] == name]:
-            del self._located[key]
+        self.facts.forget_registry(name)
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
@@ -197,74 +190,9 @@ class CopyEngine:
                     spec.endpoint.client.manifest_head(spec.endpoint.repository, spec.tag)
                 )
                 for spec in specs
-                if spec.tag and self._trusted(spec) is None
+                if spec.tag and self.facts.trusted(spec) is None
             }
         )
-
-    # -- where else a blob may be at a target ----------------------------------------------
-    async def _locate(self, t: Endpoint, digest: str) -> str | None:
-        """Another repository of ``t``'s registry that holds ``digest``, if one is found.
-
-        Asked by the blob mover for a blob missing from ``t`` that this process has not
-        seen anywhere in the registry. The candidates are images found up to date there
-        (their blobs are all present with them): up to ``LOCATE_BATCH`` not yet read are
-        read now, from that registry (one manifest GET each, none when cached by digest:
-        not from the source, whose pulls may be rate-limited), and their blobs remembered
-        as located there. This is what lets a fresh ``once`` mount a base layer that an
-        earlier run stored under another repository. Best effort: a manifest that cannot
-        be read only means no hint.
-        """
-        registry = t.client.name
-        images = self._present_images.get(registry)
-        if not images:
-            return None
-        async with self._locating.setdefault(registry, asyncio.Lock()):
-            found = self.blobs.location(registry, digest)
-            if found:
-                return found
-            todo = [
-                (Endpoint(t.client, repo), d)
-                for repo, d in reversed(images.items())
-                if repo != t.repository and (registry, d) not in self._located
-            ][:LOCATE_BATCH]
-            for _, d in todo:
-                self._located.remember((registry, d), True)
-            await asyncio.gather(*(self._note_blobs(where, d) for where, d in todo))
-            return self.blobs.location(registry, digest)
-
-    async def _note_blobs(self, where: Endpoint, digest: str) -> None:
-        try:
-            m = await self.manifest(where, digest)
-            for image in await self.children(where, m) if m.is_index else [m]:
-                for b in image.blobs:
-                    self.blobs.hint(where.client.name, b.digest, where.repository)
-        except SyncdError as e:
-            log.debug("could not read %s@%s for blob locations: %s", where, digest, e)
-
-    # -- what a target tag was last seen at (``target_recheck``) ---------------------------
-    def _trusted(self, spec: TargetSpec) -> str | None:
-        """The digest ``spec``'s tag is taken to hold without asking, if any."""
-        if spec.recheck <= 0 or not spec.tag:
-            return None
-        t = spec.endpoint
-        entry = self._verified.get((t.client.name, t.repository, spec.tag))
-        if entry is None or time.monotonic() >= entry[1]:
-            return None
-        return entry[0]  # type: ignore[no-any-return]
-
-    def _verified_at(self, spec: TargetSpec, digest: str) -> None:
-        if spec.recheck <= 0 or not spec.tag:
-            return
-        t = spec.endpoint
-        # Spread over the second half of the window: tags first seen in one pass are
-        # then not all asked again in one later pass.
-        until = time.monotonic() + spec.recheck * random.uniform(0.5, 1.0)
-        self._verified.remember((t.client.name, t.repository, spec.tag), (digest, until))
-
-    def _distrust(self, spec: TargetSpec) -> None:
-        if spec.tag:
-            t = spec.endpoint
-            self._verified.pop((t.client.name, t.repository, spec.tag), None)
 
     async def copy_image(
         self,
@@ -282,7 +210,7 @@ class CopyEngine:
 
         Failures are recorded per target in the result; this only raises on cancellation.
         ``artifact``: a referrer (signature, SBOM), not an image whose layers other
-        repositories may share (see ``_locate``).
+        repositories may share (see ``TargetFacts.locate``).
         """
         result = ImageResult(source=str(source), reference=reference)
         try:
@@ -318,9 +246,8 @@ class CopyEngine:
             elif head:
                 outcome.action = "copy" if dry_run else "copying"
                 todo.append(spec)
-            elif not artifact:
-                images = self._present_images.setdefault(t.client.name, LRU(MAX_PRESENT_IMAGES))
-                images.remember(t.repository, result.digest)
+            elif not artifact and not dry_run:
+                self.facts.image_present(t, result.digest)
         if dry_run or not todo:
             return result
         # One copy of a tag at a time per target: a rule running alongside another that
@@ -358,6 +285,8 @@ class CopyEngine:
                 outcome.action = "up_to_date"
             else:
                 outcome.action = "copied"
+                if not artifact:
+                    self.facts.image_present(t, result.digest, pushed=True)
             if t in counts:
                 c = counts[t]
                 outcome.blobs_copied, outcome.blobs_mounted = c.copied, c.mounted
@@ -401,7 +330,7 @@ class CopyEngine:
             if isinstance(err, BaseException):
                 failures[spec.endpoint] = err
             elif m is not None:
-                self._verified_at(spec, m.digest)
+                self.facts.verified(spec, m.digest)
         return counts, time.monotonic() - start
 
     async def _check_target(
@@ -409,7 +338,8 @@ class CopyEngine:
     ) -> bool:
         """True if the target needs the image; raises if policy forbids the move."""
         t = spec.endpoint
-        if self._trusted(spec) == digest:
+        # plan and once --dry-run ask the target: they report what is there now.
+        if not dry_run and self.facts.trusted(spec) == digest:
             return False
         early = looked.take(t) if looked else None
         try:
@@ -430,12 +360,13 @@ class CopyEngine:
                 e,
                 extra={"target": t.client.name, "repository": t.repository, "event": "repush"},
             )
-            self._distrust(spec)
+            self.facts.distrust(spec)
             return True
         if current is not None and current.digest == digest:
-            self._verified_at(spec, digest)
+            if not dry_run:
+                self.facts.verified(spec, digest)
             return False
-        self._distrust(spec)
+        self.facts.distrust(spec)
         if current is not None and spec.tag:
             if not spec.overwrite:
                 raise OverwriteRefusedError(f"{t}:{spec.tag}", current.digest, digest)

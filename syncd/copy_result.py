@@ -22,9 +22,12 @@ class TargetSpec:
     tag: str | None
     overwrite: bool = True
     backup: str | None = None
-    # ``target_recheck`` seconds: how long a tag this process pushed or found at the
-    # source's digest is taken as still there without a HEAD (0: HEAD every time).
+    # ``target_recheck`` seconds: how long a tag syncd pushed or found at the source's
+    # digest is taken as still there without a HEAD (0: HEAD every time).
     recheck: float = 0.0
+    # The rule the copy is for: tags are recorded per rule (what ``prune`` may delete);
+    # empty for artifacts that travel with an image, which are not recorded.
+    rule: str = ""
 
 
 @dataclass(slots=True)

@@ -121,6 +121,26 @@ class Metrics:
         self.referrers_copied = Counter(
             "syncd_referrers_copied_total", "Referrer artifacts copied", ["target"], registry=r
         )
+        self.tags_deleted = Counter(
+            "syncd_tags_deleted_total",
+            "Tags deleted at a target by a rule's prune",
+            ["rule", "target"],
+            registry=r,
+        )
+        self.deletions_skipped = Counter(
+            "syncd_deletions_skipped_total",
+            "Deletions prune did not make, by reason (shared, changed, protected, ...)",
+            ["rule", "target", "reason"],
+            registry=r,
+        )
+        # 1 while the last pass of a rule held its deletions at a target back because there
+        # were more than max_deletions: the alert's signal (a counter cannot say "still").
+        self.prune_held_back = Gauge(
+            "syncd_prune_held_back",
+            "1 if the last pass held deletions back (more than max_deletions)",
+            ["rule", "target"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "syncd_config_reloads_total", "Config reloads by result", ["result"], registry=r
         )

@@ -23,6 +23,7 @@ class PlanEntry:
     digest: str
     target: str
     # up_to_date | copy | overwrite_refused | filtered | failed | immutable | referrer | unsigned
+    # | delete | keep (a deletion prune will not make) | delete_held (over max_deletions)
     action: str
     missing_blobs: list[Descriptor] = field(default_factory=list)
     missing_manifests: int = 0

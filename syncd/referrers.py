@@ -111,8 +111,11 @@ class ReferrerSync:
         return SourceReferrers(self, rule, source, tags)
 
     def known_api(self, endpoint: Endpoint) -> bool | None:
-        """Whether the registry has the referrers API, if this process has asked yet."""
-        return self._api.get(endpoint.client.name)
+        """Whether the registry has the referrers API, if known (asked, or in the store)."""
+        name = endpoint.client.name
+        if name not in self._api and (stored := self.engine.facts.api_known(endpoint)) is not None:
+            self._api[name] = stored
+        return self._api.get(name)
 
     async def has_api(self, endpoint: Endpoint, digest: str) -> tuple[bool, Manifest | None]:
         """Whether the registry has the referrers API, asked once per registry.
@@ -122,7 +125,7 @@ class ReferrerSync:
         and its answer is returned so the caller need not ask again.
         """
         name = endpoint.client.name
-        known = self._api.get(name)
+        known = self.known_api(endpoint)
         if known is not None:
             return known, None
         async with self._probe:
@@ -145,6 +148,7 @@ class ReferrerSync:
                     self._api[name] = False
                 return False, None
             self._api[name] = index is not None
+            self.engine.facts.api_learnt(endpoint, index is not None)
             log.info(
                 "%s %s",
                 name,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from syncd.errors import failure_reason
 
 if TYPE_CHECKING:
-    from syncd.sync import RulePassResult
+    from syncd.results import RulePassResult
 
 REPORT_VERSION = 1
 

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
@@ -19,10 +19,12 @@ from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
 from syncd.plan import PlanEntry, plan_entries
+from syncd.prune import Listing, PruneOutcome, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
-from syncd.report import ImageFailure, TargetCounts
+from syncd.report import ImageFailure, rule_report
+from syncd.results import RulePassResult as RulePassResult
 from syncd.rules import (
     is_glob,
     is_immutable,
@@ -32,6 +34,7 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+from syncd.state_sqlite import open_state
 from syncd.sync_quota import left_alone, new_tags_first
 from syncd.target_bytes import TargetBytes
 
@@ -39,59 +42,6 @@ if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class RulePassResult:
-    """The outcome of one pass of one rule (images counted once each; ``targets`` per target)."""
-
-    rule: str
-    synced: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    started: float = 0.0  # wall-clock (time.time()) start and end, for the run report
-    finished: float = 0.0
-    blobs_copied: int = 0
-    blobs_mounted: int = 0
-    blobs_skipped: int = 0
-    bytes_copied: int = 0
-    referrers_copied: int = 0
-    failures: list[str] = field(default_factory=list)
-    plan: list[PlanEntry] = field(default_factory=list)
-    targets: dict[str, TargetCounts] = field(default_factory=dict)
-    images_failed: list[ImageFailure] = field(default_factory=list)
-    deleted: int = 0
-    deleted_by_target: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0
-
-    def add(self, other: RulePassResult) -> None:
-        self.synced += other.synced
-        self.skipped += other.skipped
-        self.failed += other.failed
-        self.blobs_copied += other.blobs_copied
-        self.blobs_mounted += other.blobs_mounted
-        self.blobs_skipped += other.blobs_skipped
-        self.bytes_copied += other.bytes_copied
-        self.referrers_copied += other.referrers_copied
-        self.failures.extend(other.failures)
-        self.plan.extend(other.plan)
-        for name, counts in other.targets.items():
-            self.at(name).add(counts)
-        self.images_failed.extend(other.images_failed)
-        self.deleted += other.deleted
-        for name, n in other.deleted_by_target.items():
-            self.deleted_by_target[name] = self.deleted_by_target.get(name, 0) + n
-
-    def at(self, target: str) -> TargetCounts:
-        """The per-target counts of ``target`` (created at zero)."""
-        counts = self.targets.get(target)
-        if counts is None:
-            counts = self.targets[target] = TargetCounts()
-        return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +74,11 @@ class Syncer:
         self.referrers = referrers or ReferrerSync(
             engine, metrics, probe_up_to_date=probe_up_to_date
         )
-        self._bytes = TargetBytes()
+        self.store = engine.store
+        # Whether closing this Syncer closes the store (a reload hands it to the next).
+        self.owns_store = True
+        self.pruner = Pruner(pool, engine.store, engine, metrics)
+        self._bytes = TargetBytes(engine.store)
         # Called after each image of a pass (the CLI's progress display).
         self.progress: Callable[[str, RulePassResult], None] | None = None
 
@@ -168,13 +122,15 @@ class Syncer:
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
+        # what the source answered for each repository (what prune may act on)
+        listings: list[Listing] = []
 
         async def produce() -> None:
             try:
                 for repo in repos:
                     try:
                         async for job in self._jobs(
-                            rule, source.name, repo, result, dry_run, chosen
+                            rule, source.name, repo, result, dry_run, chosen, listings
                         ):
                             await queue.put(job)
                     except SyncdError as e:
@@ -191,12 +147,26 @@ class Syncer:
             tg.create_task(produce())
             for _ in range(rule.concurrency):
                 tg.create_task(work())
+        if rule.prune is not None:
+            self._take_prune(rule, result, await self.pruner.prune(rule, listings, dry_run=dry_run))
+        self.store.flush()
         result.seconds = time.monotonic() - start
         result.finished = time.time()
         if not dry_run:
             self._bytes.forget_unkept(rule.name, chosen)
             self._finish_rule(rule, result)
         return result
+
+    @staticmethod
+    def _take_prune(rule: RuleConfig, result: RulePassResult, pruned: PruneOutcome) -> None:
+        result.deleted += pruned.deleted
+        for target, n in pruned.deleted_by_target.items():
+            result.deleted_by_target[target] = result.deleted_by_target.get(target, 0) + n
+        result.notes.extend(pruned.notes)
+        result.plan.extend(
+            PlanEntry(rule.name, p.source, p.tag, "", p.digest, p.target, p.action, error=p.reason)
+            for p in pruned.planned
+        )
 
     def _fail_rule(
         self,
@@ -223,6 +193,9 @@ class Syncer:
                 ).inc()
 
     def _finish_rule(self, rule: RuleConfig, result: RulePassResult) -> None:
+        # The last report of every rule outlives the process: ``syncd status`` reads it
+        # when no daemon answers.
+        self.store.save_report(rule.name, rule_report(result))
         if self.metrics:
             self.metrics.sync_duration.labels(rule=rule.name).observe(result.seconds)
             self.metrics.last_pass_failures.labels(rule=rule.name).set(result.failed)
@@ -275,6 +248,7 @@ class Syncer:
         result: RulePassResult,
         dry_run: bool,
         chosen: dict[tuple[str, str], set[str]],
+        listings: list[Listing],
     ) -> AsyncIterator[_Job]:
         source = self.pool.client(source_name).with_retries(rule.retries)
         # A repository the rule names exactly must exist; one found through a glob does.
@@ -298,6 +272,7 @@ class Syncer:
             if t not in referrer_tags or (not carried and names_tag(rule.tags, t))
         ]
         tags = select_tags(listed, rule.tags)
+        listings.append(Listing(repo, frozenset(all_tags), frozenset(tags)))
         if rule.tags.names:
             # An explicitly named tag that the source lacks is an error, not a filter.
             present = set(all_tags)
@@ -395,6 +370,7 @@ class Syncer:
                 overwrite=rule.overwrite,
                 backup=rule.backup,
                 recheck=rule.target_recheck,
+                rule=rule.name,
             )
             for name, trepo in job.targets
         ]
@@ -585,35 +561,49 @@ async def open_syncer(
 ) -> AsyncIterator[Syncer]:
     """A Syncer with one HTTP session per registry, closed on exit;
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
-    the once-per-registry referrers-API probe; see ``ReferrerSync``.
+    the once-per-registry referrers-API probe; see ``ReferrerSync``. The state store of
+    ``config.state`` is opened for the Syncer's life (``syncd.state_sqlite``).
 
     ``previous`` (a config reload): the new Syncer keeps what that one learned: the
     clients (sessions, tokens) of registries whose config is unchanged, the copy engine
     (manifest and blob-location caches, and its one-copy-at-a-time bookkeeping, so a
     pass of the old config and one of the new never copy the same tag at once), the
-    referrers-API answers and the byte accounting. What was learned about a registry
-    whose config changed is forgotten.
+    state store (unless ``state.path`` changed), the referrers-API answers and the byte
+    accounting. What was learned about a registry whose config changed is forgotten.
     """
-    async with ClientPool(config.registries, metrics=metrics) as pool:
-        if previous is None:
-            engine = CopyEngine(metrics)
-            referrers = None
-        else:
-            pool.adopt(previous.pool)
-            engine, referrers = previous.engine, previous.referrers
-            old = previous.pool.configs
-            for name in [n for n, reg in old.items() if config.registries.get(n) != reg]:
-                engine.forget_registry(name)
-                referrers.forget_registry(name)
-        syncer = Syncer(
-            config,
-            pool,
-            engine,
-            metrics,
-            track_target_bytes=track_target_bytes,
-            probe_up_to_date=probe_up_to_date,
-            referrers=referrers,
-        )
-        if previous is not None:
-            syncer.inherit(previous)
-        yield syncer
+    keep = previous is not None and previous.config.state == config.state
+    syncer: Syncer | None = None
+    store = previous.store if previous is not None and keep else None
+    if store is None:
+        store = await asyncio.to_thread(open_state, config)
+    try:
+        async with ClientPool(config.registries, metrics=metrics) as pool:
+            if previous is None or not keep:
+                engine = CopyEngine(metrics, store=store)
+                referrers = None
+            else:
+                engine, referrers = previous.engine, previous.referrers
+                old = previous.pool.configs
+                for name in [n for n, reg in old.items() if config.registries.get(n) != reg]:
+                    engine.forget_registry(name)
+                    referrers.forget_registry(name)
+            if previous is not None:
+                pool.adopt(previous.pool)
+            syncer = Syncer(
+                config,
+                pool,
+                engine,
+                metrics,
+                track_target_bytes=track_target_bytes,
+                probe_up_to_date=probe_up_to_date,
+                referrers=referrers,
+            )
+            if previous is not None:
+                syncer.inherit(previous)
+                if keep:
+                    # The store is the new Syncer's now: the old one must not close it.
+                    previous.owns_store = False
+            yield syncer
+    finally:
+        if syncer.owns_store if syncer is not None else not keep:
+            store.close()

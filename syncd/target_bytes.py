@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
 from syncd.errors import SyncdError
+from syncd.state import StateStore
 
 if TYPE_CHECKING:
     from syncd.copy import CopyEngine, ImageResult
@@ -24,7 +25,10 @@ log = logging.getLogger(__name__)
 class TargetBytes:
     """Per (target, repository), the blobs of each (rule, tag) kept there."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: StateStore) -> None:
+        # Blob sizes per image digest are content-addressed, so kept in the state store: a
+        # restarted daemon need not read every kept manifest again to report the gauge.
+        self._store = store
         self._kept: dict[tuple[str, str], dict[tuple[str, str], dict[str, int]]] = {}
 
     async def track(
@@ -38,11 +42,14 @@ class TargetBytes:
     ) -> None:
         """Remember the blobs of ``image`` (and its children) at each of ``targets``;
         manifests not in the engine's cache are read from ``holder``."""
+        blobs = self._store.sizes_get(image.digest)
         try:
-            m = image.manifest or await engine.manifest(holder, image.digest)
-            blobs: dict[str, int] = {}
-            for part in [m, *(await engine.children(holder, m) if m.is_index else [])]:
-                blobs.update((b.digest, b.size) for b in part.blobs)
+            if blobs is None:
+                m = image.manifest or await engine.manifest(holder, image.digest)
+                blobs = {}
+                for part in [m, *(await engine.children(holder, m) if m.is_index else [])]:
+                    blobs.update((b.digest, b.size) for b in part.blobs)
+                self._store.sizes_put(image.digest, blobs)
         except SyncdError as e:
             log.debug("cannot account bytes of %s: %s", image.source, e)
             return

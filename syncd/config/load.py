@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -44,6 +44,7 @@ from syncd.config.schema import (
     DEFAULT_CONCURRENCY,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DELETIONS,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_RETRIES,
     AccountConfig,
@@ -52,6 +53,7 @@ from syncd.config.schema import (
     RegistryConfig,
     RuleConfig,
     ServerConfig,
+    StateConfig,
     TagFilter,
     layout_url,
 )
@@ -61,6 +63,7 @@ from syncd.proxy import parse_proxy_url
 from syncd.reference import is_docker_hub, split_origin, validate_repository, validate_tag
 from syncd.rules import backup_template_problem, is_glob, repository_matches, target_repository
 from syncd.secret import Secret
+from syncd.state_sqlite import default_state_path
 
 Path = tuple[str | int, ...]
 
@@ -598,6 +601,9 @@ class RuleModel(_Model):
     retries: Count | None = None
     concurrency: Count | None = None
     target_recheck: DurationOrZero | None = None
+    prune: Literal["deleted", "unselected"] | None = None
+    protect: RegexList = []
+    max_deletions: Count = DEFAULT_MAX_DELETIONS
 
     @field_validator("name")
     @classmethod
@@ -627,6 +633,12 @@ class ServerModel(_Model):
     webhook_token: Annotated[SecretStr, Field(min_length=1)] | None = None
 
 
+class StateModel(_Model):
+    """``state``: the file of the state store, or ``none``."""
+
+    path: NonEmpty | None = None
+
+
 class ConfigModel(_Model):
     """The whole file."""
 
@@ -634,6 +646,7 @@ class ConfigModel(_Model):
     defaults: DefaultsModel | None = None
     rules: Annotated[list[RuleModel], Field(min_length=1)]
     server: ServerModel | None = None
+    state: StateModel | None = None
 
 
 def _model_at(loc: Path) -> type[BaseModel] | None:
@@ -649,6 +662,8 @@ def _model_at(loc: Path) -> type[BaseModel] | None:
             return DefaultsModel
         case ("server",):
             return ServerModel
+        case ("state",):
+            return StateModel
         case ("rules", int()):
             return RuleModel
         case ("rules", int(), "tags"):
@@ -1139,7 +1154,16 @@ class _Loader:
                 if server.webhook_token
                 else None,
             ),
+            state=StateConfig(path=self._state_path(model.state)),
         )
+
+    def _state_path(self, state: StateModel | None) -> str | None:
+        path = state.path if state else None
+        if path is None:
+            return default_state_path(self.environ)
+        if path.lower() == "none":
+            return None
+        return self._resolve(path)
 
 
 def _rule(r: RuleModel, d: DefaultsModel) -> RuleConfig:
@@ -1181,6 +1205,9 @@ def _rule(r: RuleModel, d: DefaultsModel) -> RuleConfig:
         target_recheck=(
             r.target_recheck if r.target_recheck is not None else d.target_recheck or 0.0
         ),
+        prune=r.prune,
+        protect=tuple(r.protect),
+        max_deletions=r.max_deletions,
     )
 
 

@@ -43,6 +43,10 @@ class QuotaReserve:
         return f"{self.amount:g}%" if self.percent else f"{self.amount:g}"
 
 
+DEFAULT_MAX_DELETIONS = 10
+PRUNE_MODES = ("deleted", "unselected")
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     """One named endpoint of ``registries:``."""
@@ -141,6 +145,10 @@ class RuleConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     # Seconds a target tag the daemon pushed or checked is trusted without a HEAD; 0: never.
     target_recheck: float = 0.0
+    # Retention at the targets (syncd.prune): None (off), "deleted" or "unselected".
+    prune: str | None = None
+    protect: tuple[str, ...] = ()  # regexes (searched) of tags never deleted
+    max_deletions: int = DEFAULT_MAX_DELETIONS  # per target and pass; over it, none
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,14 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """``state:``. The loader puts the default file in ``path``; None keeps the state in
+    memory for the life of the process (``path: none``, and configs built in code)."""
+
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated config file."""
 
@@ -159,6 +175,7 @@ class Config:
     registries: dict[str, RegistryConfig]
     rules: tuple[RuleConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     def rule(self, name: str) -> RuleConfig | None:
         return next((r for r in self.rules if r.name == name), None)

@@ -192,6 +192,26 @@ class RegistryClient:
             )
         return reported
 
+    async def manifest_delete(self, repository: str, digest: str) -> bool:
+        """Delete the manifest ``digest``; False if the repository did not have it.
+
+        Distribution deletes only by digest (a tag answers 400 DIGEST_INVALID), and the
+        deletion removes every tag of the repository that points at it (distribution
+        docs, "Deleting an Image"): callers check the other tags first. A registry with
+        deletes turned off answers 405 UNSUPPORTED, raised as ``ClientRequestError``.
+        """
+        resp = await self._send(
+            Request(
+                "DELETE",
+                f"/v2/{repository}/manifests/{digest}",
+                repository=repository,
+                expect=(202, 200),
+                absent=(404,),
+                scopes=(repository_scope(repository, "delete"),),
+            )
+        )
+        return resp.status != 404
+
     # -- blobs -------------------------------------------------------------------------
     async def blob_head(self, repository: str, digest: str) -> int | None:
         """The blob's size if the repository has it, else None."""

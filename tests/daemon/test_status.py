@@ -94,6 +94,12 @@ def test_status_serves_the_latest_report_of_every_rule(
     assert f"  failed: src/{OTHER}:v1 -> dst/{OTHER}:v1: overwrite_refused: " in r.stdout
 
     assert d.stop() == 0
+    # With the daemon gone, the reports it left in the state store answer.
     r = syncd("-c", str(cfg), "status")
+    assert r.returncode == 0, r.stderr
+    assert any(line.startswith("rule good: ") for line in r.stdout.splitlines()), r.stdout
+    assert "(from the state store (no daemon answered at" in r.stdout
+    # Without a config there is no store to fall back to.
+    r = syncd("status", "--listen", f"127.0.0.1:{d.port}")
     assert r.returncode == 1
     assert "syncd: no run report: no daemon answered at" in r.stderr

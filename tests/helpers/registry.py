@@ -241,8 +241,11 @@ class RegistryFactory:
         tls: tuple[str, str] | None = None,
         ca_file: str | None = None,
         storage_on_shm: bool = False,
+        delete: bool = True,
         **extra: Any,
     ) -> Registry:
+        """A started registry; ``delete=False`` turns deletes off (every DELETE of a
+        manifest then answers 405 UNSUPPORTED), ``extra`` adds or replaces config keys."""
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix=f"reg{port}-", dir=self.base))
         root = workdir / "storage"
@@ -254,11 +257,13 @@ class RegistryFactory:
             extra.setdefault("http", {}).setdefault("tls", {}).update(
                 {"certificate": tls[0], "key": tls[1]}
             )
+        config = registry_config(port, root, **extra)
+        config["storage"].setdefault("delete", {})["enabled"] = delete
         reg = Registry(
             port,
             root,
             workdir,
-            registry_config(port, root, **extra),
+            config,
             tls=bool(tls),
             ca_file=ca_file,
         )

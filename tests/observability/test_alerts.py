@@ -26,6 +26,7 @@ EXPECTED = {
     "SyncdTargetStorageGrowth",
     "SyncdConfigReloadFailing",
     "SyncdPullBudgetLow",
+    "SyncdPruneHeldBack",
 }
 
 

@@ -16,6 +16,7 @@ from syncd.config.schema import (
     RegistryConfig,
     RuleConfig,
     ServerConfig,
+    StateConfig,
     TagFilter,
 )
 from syncd.durations import format_duration, parse_duration
@@ -152,6 +153,9 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
                 schedule=None,
                 retries=3,
                 concurrency=4,
+                prune="unselected",
+                protect=("^latest$",),
+                max_deletions=5,
             ),
             RuleConfig(
                 name="base-images",
@@ -176,6 +180,7 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
             ),
         ),
         server=ServerConfig(listen="127.0.0.1:9090", webhook_token=Secret("webhook-token-value")),
+        state=StateConfig(path="/var/lib/syncd/state.db"),
     )
     assert config.rule("base-images") is config.rules[1]
     for value in ("dev-token-value", "edge-password-value", "webhook-token-value"):
@@ -945,3 +950,38 @@ def test_anchors_and_merge_keys_work() -> None:
     )
     assert config.registries["dst"].url == "http://127.0.0.1:5001"
     assert config.registries["dst"].max_concurrency == 2
+
+
+# ------------------------------------------------------------------ state and prune
+
+
+def test_state_path_default_none_and_relative() -> None:
+    assert load(BASE, env={"XDG_STATE_HOME": "/x"}).state.path == "/x/syncd/state.db"
+    assert load(BASE, env={"STATE_DIRECTORY": "/var/lib/syncd"}).state.path == (
+        "/var/lib/syncd/state.db"
+    )
+    assert load(BASE + "state: {path: none}\n").state.path is None
+    rel = load(BASE + "state: {path: data/s.db}\n").state.path
+    assert rel == os.path.join(os.getcwd(), "data", "s.db")
+
+
+def test_prune_keys_load_and_default() -> None:
+    r = load(BASE).rules[0]
+    assert (r.prune, r.protect, r.max_deletions) == (None, (), 10)
+    text = BASE + "    prune: unselected\n    protect: '^latest$'\n    max_deletions: 3\n"
+    r = load(text).rules[0]
+    assert (r.prune, r.protect, r.max_deletions) == ("unselected", ("^latest$",), 3)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ("    prune: everything\n", "rules[0].prune", "'deleted' or 'unselected'"),
+        ("    protect: ['(']\n", "rules[0].protect[0]", "invalid regex"),
+        ("    max_deletions: 0\n", "rules[0].max_deletions", "at least 1"),
+        ("state: {file: x}\n", "state.file", "unknown key 'file'"),
+    ],
+)
+def test_bad_state_and_prune_keys_are_located(extra: str, key: str, message: str) -> None:
+    (p,) = problems(BASE + extra)
+    assert p.key == key and message in p.message, p

@@ -22,6 +22,7 @@ L0 = {
     "syncd.secret",
     "syncd.durations",
     "syncd.proxy",
+    "syncd.state",
 }
 L1_PREFIXES = (
     "syncd.config.load",
@@ -30,6 +31,7 @@ L1_PREFIXES = (
     "syncd.layout",
     "syncd.metrics",
     "syncd.logs",
+    "syncd.state_sqlite",
 )
 L2_PREFIXES = (
     "syncd.copy",
@@ -43,6 +45,9 @@ L2_PREFIXES = (
     "syncd.target_bytes",
     "syncd.verify",
     "syncd.status",
+    "syncd.facts",
+    "syncd.prune",
+    "syncd.results",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
