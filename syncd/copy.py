@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
 from syncd.errors import (
+    FencedError,
     ManifestInvalidError,
     NotFoundError,
     OverwriteRefusedError,
@@ -216,8 +217,17 @@ def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
 class CopyEngine:
     """Copies images in integrity order; caches manifests by digest across passes."""
 
-    def __init__(self, metrics: Metrics | None = None, *, blobs: BlobMover | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        *,
+        blobs: BlobMover | None = None,
+        fence: Callable[[], bool] | None = None,
+    ) -> None:
         self.metrics = metrics
+        # Asked right before every manifest PUT (the step that makes a tag visible): false
+        # once this replica lost its cluster lease (syncd/ownership.py).
+        self.fence = fence
         self.blobs = blobs or BlobMover(metrics)
         self._manifests: LRU = LRU(MAX_MANIFESTS)
         self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
@@ -595,6 +605,8 @@ class CopyEngine:
         )
 
     async def _put_manifest(self, t: Endpoint, reference: str, m: Manifest) -> None:
+        if self.fence is not None and not self.fence():
+            raise FencedError(f"{t}:{reference}: cluster lease lost, not writing it")
         try:
             await t.client.manifest_put(t.repository, reference, m.raw, m.media_type)
         except SyncdError:

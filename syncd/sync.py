@@ -19,6 +19,7 @@ from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, failure_reason
 from syncd.manifest import Descriptor
+from syncd.ownership import LOCAL, Ownership
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
@@ -74,12 +75,13 @@ class RulePassResult:
     blobs_skipped: int = 0
     bytes_copied: int = 0
     referrers_copied: int = 0
+    fenced: int = 0  # images not started because this replica lost its cluster lease
     failures: list[str] = field(default_factory=list)
     plan: list[PlanEntry] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and self.fenced == 0
 
     def add(self, other: RulePassResult) -> None:
         self.synced += other.synced
@@ -116,6 +118,7 @@ class Syncer:
         probe_up_to_date: bool = True,
     ) -> None:
         self.config = config
+        self.ownership: Ownership = LOCAL  # a cluster's replaces it (syncd/ownership.py)
         self.pool = pool
         self.engine = engine
         self.metrics = metrics
@@ -149,6 +152,7 @@ class Syncer:
         source = self.pool.client(rule.source).with_retries(rule.retries)
         try:
             repos = await self._repositories(rule, repositories)
+            repos = await self.ownership.select(rule.name, repos)
         except SyncdError as e:
             self._fail_rule(rule, result, f"listing {rule.source}: {e}", e)
             repos = []
@@ -172,7 +176,10 @@ class Syncer:
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
-                await self._run_job(rule, job, result, dry_run)
+                if self.ownership.may_write():  # else fenced: the unit's next owner copies it
+                    await self._run_job(rule, job, result, dry_run)
+                else:
+                    result.fenced += 1
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(produce())
@@ -276,9 +283,9 @@ class Syncer:
             # An explicitly named tag that the source lacks is an error, not a filter.
             present = set(all_tags)
             for missing in (t for t in rule.tags.names if t not in present):
-                err = _missing_tag_error(source_name, repo, missing)
+                e = NotFoundError(f"tag {missing} not found", registry=source_name, repository=repo)
                 self._record_failure(
-                    rule, result, f"{source_name}/{repo}:{missing}", err, rule.targets
+                    rule, result, f"{source_name}/{repo}:{missing}", e, rule.targets
                 )
         if dry_run:
             selected = set(tags)
@@ -566,10 +573,6 @@ class Syncer:
             result.synced += 1
         else:
             result.skipped += 1
-
-
-def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
-    return NotFoundError(f"tag {tag} not found", registry=registry, repository=repo)
 
 
 @asynccontextmanager

@@ -21,8 +21,16 @@ L0 = {
     "syncd.config.schema",
     "syncd.secret",
     "syncd.durations",
+    "syncd.ownership",
+    "syncd.cluster.rendezvous",
 }
-L1_PREFIXES = ("syncd.config.load", "syncd.registry", "syncd.metrics", "syncd.logs")
+L1_PREFIXES = (
+    "syncd.config.load",
+    "syncd.registry",
+    "syncd.metrics",
+    "syncd.logs",
+    "syncd.cluster",
+)
 L2_PREFIXES = (
     "syncd.copy",
     "syncd.blobs",
