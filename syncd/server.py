@@ -49,18 +49,21 @@ class HttpServer:
         trigger: Trigger,
         webhook_token: Callable[[], Secret | None],
         max_body: int = MAX_BODY_BYTES,
+        cluster_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._metrics = metrics
         self._ready = ready
         self._trigger = trigger
         self._token = webhook_token
         self._max_body = max_body
+        self._cluster_status = cluster_status
         self._stopping = False
         self._runner: web.AppRunner | None = None
         app = web.Application(client_max_size=max_body)
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/healthz", self._get_healthz)
         app.router.add_get("/readyz", self._get_readyz)
+        app.router.add_get("/status", self._get_status)
         app.router.add_post("/webhooks/distribution", self._post_distribution)
         app.router.add_post("/webhooks/harbor", self._post_harbor)
         self.app = app
@@ -107,6 +110,13 @@ class HttpServer:
         if not self._ready():
             return web.Response(status=503, text="not ready\n")
         return web.Response(text="ready\n")
+
+    async def _get_status(self, request: web.Request) -> web.Response:
+        doc: dict[str, Any] = {"version": 1}
+        if self._cluster_status is not None:
+            # In a cluster: the members and the units this replica owns.
+            doc["cluster"] = self._cluster_status()
+        return web.json_response(doc)
 
     async def _post_distribution(self, request: web.Request) -> web.Response:
         return await self._webhook(request, "distribution", parse_distribution_events)

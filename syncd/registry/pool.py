@@ -38,7 +38,8 @@ class ClientPool:
         self.configs = dict(registries)
         self._metrics = metrics
         self._retries = retries
-        self._user_agent = user_agent
+        # Public: a cluster replica names itself in it, so registry logs tell replicas apart.
+        self.user_agent = user_agent
         self._clients: dict[str, RegistryClient] = {}
 
     def client(self, name: str) -> RegistryClient:
@@ -82,7 +83,7 @@ class ClientPool:
             ssl=tls,
             max_concurrency=reg.max_concurrency,
             retries=self._retries,
-            user_agent=self._user_agent,
+            user_agent=self.user_agent,
             username=reg.username,
         )
         client = self._clients[name] = RegistryClient(transport)
