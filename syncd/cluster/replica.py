@@ -95,7 +95,8 @@ class Replica:
         self._since = 0.0
         if metrics is not None:
             metrics.enable_cluster()
-            metrics.cluster_ready.set(0)
+            # Read at scrape time: the fence turns on by the clock, not at an event.
+            metrics.cluster_ready.set_function(lambda: 1.0 if self.ready else 0.0)
             if config.expected_members is not None:
                 metrics.cluster_expected_members.set(config.expected_members)
 
@@ -277,7 +278,6 @@ class Replica:
         self._claims.clear()
         revision = await self._resync()
         self._since = time.time()
-        self._set_ready()
         log.info(
             "joined the cluster",
             extra={
@@ -304,7 +304,6 @@ class Replica:
 
     async def _leave_locally(self) -> None:
         self._claims.clear()
-        self._set_ready()
         self._count_units()
         await self._etcd.drop()
 
@@ -319,7 +318,6 @@ class Replica:
                 reply = await self._etcd.call("lease_keepalive", lambda c: c.refresh_lease(lease))
             except EtcdUnavailableError as e:
                 self._count_renewal("failure")
-                self._set_ready()
                 if time.monotonic() >= self._deadline:
                     raise _LeaseLostError(f"lease not renewed within its TTL ({e})") from None
                 log.warning("cluster lease renewal failed: %s", e, extra={"replica": self.name})
@@ -329,7 +327,6 @@ class Replica:
                 raise _LeaseLostError("etcd says the lease expired")
             self._count_renewal("success")
             self._deadline = sent + float(reply.TTL) - FENCE_MARGIN
-            self._set_ready()
 
     async def _watch(self, revision: int) -> None:
         """Follow members, claims and the inbox; restart the watch on a new connection.
@@ -478,10 +475,6 @@ class Replica:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("cluster task %s: %s", task.get_name(), task.exception())
-
-    def _set_ready(self) -> None:
-        if self._metrics is not None:
-            self._metrics.cluster_ready.set(1 if self.ready else 0)
 
     def _count_renewal(self, result: str) -> None:
         if self._metrics is not None:
