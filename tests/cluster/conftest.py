@@ -157,5 +157,3 @@ def status(d: DaemonProcess) -> dict[str, Any]:
 
 def owned(d: DaemonProcess) -> list[str]:
     return sorted(r for repos in status(d)["units_owned"].values() for r in repos)
-
-
