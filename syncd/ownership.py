@@ -16,11 +16,14 @@ from typing import Protocol
 class Ownership(Protocol):
     """The ownership a pass consults; implementations must be cheap to call per image."""
 
-    async def select(self, rule: str, repositories: Sequence[str]) -> list[str]:
+    async def select(
+        self, rule: str, repositories: Sequence[str], *, complete: bool = True
+    ) -> list[str]:
         """The repositories of ``rule`` this process may work on in the pass starting now.
 
         Called at the start of every pass of ``rule`` (passes of one rule never overlap),
-        with every repository the pass would cover; the order is kept.
+        with every repository the pass would cover, in order; ``complete`` is false for a
+        pass limited to some repositories (webhooks). The order is kept.
         """
         ...
 
@@ -32,7 +35,9 @@ class Ownership(Protocol):
 class LocalOwnership:
     """One process, no cluster: it owns every unit and is never fenced."""
 
-    async def select(self, rule: str, repositories: Sequence[str]) -> list[str]:
+    async def select(
+        self, rule: str, repositories: Sequence[str], *, complete: bool = True
+    ) -> list[str]:
         return list(repositories)
 
     def may_write(self) -> bool:

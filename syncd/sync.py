@@ -152,7 +152,7 @@ class Syncer:
         source = self.pool.client(rule.source).with_retries(rule.retries)
         try:
             repos = await self._repositories(rule, repositories)
-            repos = await self.ownership.select(rule.name, repos)
+            repos = await self.ownership.select(rule.name, repos, complete=repositories is None)
         except SyncdError as e:
             self._fail_rule(rule, result, f"listing {rule.source}: {e}", e)
             repos = []

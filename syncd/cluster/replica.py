@@ -111,8 +111,13 @@ class Replica:
             )
         return alive
 
-    async def select(self, rule: str, repositories: Sequence[str]) -> list[str]:
-        self._known.setdefault(rule, set()).update(repositories)
+    async def select(
+        self, rule: str, repositories: Sequence[str], *, complete: bool = True
+    ) -> list[str]:
+        if complete:
+            self._known[rule] = set(repositories)
+        else:
+            self._known.setdefault(rule, set()).update(repositories)
         if not self.may_write():
             return []
         members = sorted(self._members)

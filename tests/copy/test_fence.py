@@ -18,7 +18,9 @@ class _Fence:
         self.allowed = True
         self.asked = 0
 
-    async def select(self, rule: str, repositories: Sequence[str]) -> list[str]:
+    async def select(
+        self, rule: str, repositories: Sequence[str], *, complete: bool = True
+    ) -> list[str]:
         return list(repositories)
 
     def may_write(self) -> bool:
