@@ -25,6 +25,9 @@ EXPECTED = {
     "SyncdPushRateAnomaly",
     "SyncdTargetStorageGrowth",
     "SyncdConfigReloadFailing",
+    "SyncdClusterReplicaWithoutLease",
+    "SyncdClusterMembersMissing",
+    "SyncdClusterUnownedUnits",
 }
 
 
