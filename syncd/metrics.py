@@ -170,11 +170,13 @@ class Metrics:
         for result in ("success", "failure"):
             self.config_reloads.labels(result=result)
 
-    def enable_cluster(self) -> None:
+    def enable_cluster(self, *, expected_members: int | None = None) -> None:
         """Expose the cluster metrics (``syncd run`` with a ``cluster:`` section)."""
+        if expected_members is not None:
+            self.registry.register(self.cluster_expected_members)
+            self.cluster_expected_members.set(expected_members)
         for m in (
             self.cluster_members,
-            self.cluster_expected_members,
             self.cluster_units_owned,
             self.cluster_units,
             self.cluster_lease_renewals,

@@ -94,11 +94,9 @@ class Replica:
         self._fenced_logged = False
         self._since = 0.0
         if metrics is not None:
-            metrics.enable_cluster()
+            metrics.enable_cluster(expected_members=config.expected_members)
             # Read at scrape time: the fence turns on by the clock, not at an event.
             metrics.cluster_ready.set_function(lambda: 1.0 if self.ready else 0.0)
-            if config.expected_members is not None:
-                metrics.cluster_expected_members.set(config.expected_members)
 
     # -- syncd.ownership.Ownership ------------------------------------------------------
     def may_write(self) -> bool:
