@@ -218,18 +218,25 @@ class Replica:
         pause = min(1.0, self._ttl / 4)
         while True:
             try:
-                revision = await self._join()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._keep_alive(), name="cluster-lease")
-                    tg.create_task(self._watch(revision), name="cluster-watch")
-            except* (EtcdUnavailableError, _LeaseLostError) as group:
-                log.warning(
-                    "cluster: %s; rejoining",
-                    group.exceptions[0],
-                    extra={"event": "cluster_rejoin", "replica": self.name},
-                )
+                await self._membership()
+            except Exception:
+                # A bug must not leave the replica fenced for good: log it and rejoin.
+                log.exception("cluster: unexpected error; rejoining", extra={"replica": self.name})
             await self._leave_locally()
             await asyncio.sleep(pause)  # sleep-ok: pace of reconnect attempts to etcd
+
+    async def _membership(self) -> None:
+        try:
+            revision = await self._join()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._keep_alive(), name="cluster-lease")
+                tg.create_task(self._watch(revision), name="cluster-watch")
+        except* (EtcdUnavailableError, _LeaseLostError) as group:
+            log.warning(
+                "cluster: %s; rejoining",
+                group.exceptions[0],
+                extra={"event": "cluster_rejoin", "replica": self.name},
+            )
 
     async def aclose(self) -> None:
         """Leave: revoke the lease so the others take this replica's units at once."""
