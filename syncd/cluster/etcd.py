@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# gRPC keeps reconnect backoff per address in a process-wide subchannel pool, growing to two
+# minutes: a fresh channel to an etcd member that was down would still wait it out. Each
+# channel gets its own pool and a short backoff, since the session fails over by itself.
+_CHANNEL_OPTIONS = (
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
 
 class EtcdUnavailableError(SyncdError):
     """A request to etcd failed or timed out (the session moved to the next endpoint)."""
@@ -60,9 +70,11 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             return
         try:
             if self._credentials is not None:
-                self.channel = aetcd.rpc.secure_channel(self._target, self._credentials)
+                self.channel = aetcd.rpc.secure_channel(
+                    self._target, self._credentials, options=_CHANNEL_OPTIONS
+                )
             else:
-                self.channel = aetcd.rpc.insecure_channel(self._target)
+                self.channel = aetcd.rpc.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
             if self._username is not None and self._password is not None:
                 self.auth_stub = aetcd.rpc.AuthStub(self.channel)
                 resp = await self.auth_stub.Authenticate(

@@ -321,8 +321,9 @@ class Replica:
         period = self._ttl / 3
         assert self._lease is not None
         lease = self._lease
+        delay = period
         while True:
-            await asyncio.sleep(period)  # sleep-ok: the renewal period of the lease
+            await asyncio.sleep(delay)  # sleep-ok: the renewal period of the lease
             sent = time.monotonic()
             try:
                 reply = await self._etcd.call("lease_keepalive", lambda c: c.refresh_lease(lease))
@@ -331,7 +332,11 @@ class Replica:
                 if time.monotonic() >= self._deadline:
                     raise _LeaseLostError(f"lease not renewed within its TTL ({e})") from None
                 log.warning("cluster lease renewal failed: %s", e, extra={"replica": self.name})
+                # The session moved to the next endpoint: try it now, not a period later, so
+                # that one dead etcd member does not cost the lease.
+                delay = min(0.2, period)
                 continue
+            delay = period
             if reply is None or reply.TTL <= 0:
                 self._count_renewal("failure")
                 raise _LeaseLostError("etcd says the lease expired")
