@@ -27,10 +27,13 @@ class EtcdMember:
     log_path: Path
     initial_cluster: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    # (certificate, key, CA): clients speak https and must show a certificate of the CA.
+    tls: tuple[str, str, str] | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -67,6 +70,10 @@ class EtcdMember:
             "--log-level",
             "warn",
         ]
+        if self.tls:
+            cert, key, ca = self.tls
+            argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca]
+            argv += ["--client-cert-auth"]
         log = self.log_path.open("ab")
         # Debian's etcd 3.4 on amd64 needs no ETCD_UNSUPPORTED_ARCH; the environment is clean.
         self.proc = subprocess.Popen(
@@ -101,6 +108,8 @@ class EtcdMember:
 @dataclass
 class EtcdCluster:
     members: list[EtcdMember] = field(default_factory=list)
+    # etcdctl's TLS flags and credentials, for a cluster that wants them
+    ctl_flags: list[str] = field(default_factory=list)
 
     @property
     def endpoints(self) -> list[str]:
@@ -127,7 +136,14 @@ class EtcdCluster:
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         live = [m.client_url for m in self.members if m.proc is not None] or self.endpoints
         return subprocess.run(
-            [ETCDCTL_BIN, "--endpoints", ",".join(live), "--command-timeout=2s", *args],
+            [
+                ETCDCTL_BIN,
+                "--endpoints",
+                ",".join(live),
+                "--command-timeout=2s",
+                *self.ctl_flags,
+                *args,
+            ],
             capture_output=True,
             text=True,
             check=check,
@@ -147,12 +163,16 @@ class EtcdCluster:
             m.stop()
 
 
-def etcd_cluster(base: Path, size: int = 3) -> EtcdCluster:
+def etcd_cluster(
+    base: Path, size: int = 3, *, tls: tuple[str, str, str] | None = None
+) -> EtcdCluster:
     members = []
     for i in range(size):
         d = base / f"etcd-{i}"
         d.mkdir(parents=True, exist_ok=True)
-        members.append(EtcdMember(f"m{i}", free_port(), free_port(), d / "data", d / "etcd.log"))
+        members.append(
+            EtcdMember(f"m{i}", free_port(), free_port(), d / "data", d / "etcd.log", tls=tls)
+        )
     initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
     for m in members:
         m.initial_cluster = initial
