@@ -30,7 +30,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from syncd.cluster.etcd import EtcdNotFoundError, EtcdSession, EtcdUnavailableError
@@ -92,7 +92,6 @@ class Replica:
         self._past: set[int] = set()  # leases this process held and has not revoked yet
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fenced_logged = False
-        self._since = 0.0
         if metrics is not None:
             metrics.enable_cluster(expected_members=config.expected_members)
             # Read at scrape time: the fence turns on by the clock, not at an event.
@@ -287,7 +286,6 @@ class Replica:
         self._fenced_logged = False
         self._claims.clear()
         revision = await self._resync()
-        self._since = time.time()
         log.info(
             "joined the cluster",
             extra={
@@ -499,6 +497,3 @@ class Replica:
         if self._metrics is not None:
             self._metrics.cluster_units_owned.labels(replica=self.name).set(len(self._claims))
             self._metrics.cluster_units.set(sum(len(r) for r in self._known.values()))
-
-    def known(self) -> Collection[tuple[str, str]]:
-        return [(rule, r) for rule, repos in self._known.items() for r in repos]
