@@ -615,7 +615,9 @@ class ClusterModel(_Model):
     etcd: EtcdModel
     name: Annotated[NonEmpty, AfterValidator(_v_member_name)] | None = None
     prefix: Annotated[NonEmpty, AfterValidator(_v_key_prefix)] = DEFAULT_CLUSTER_PREFIX
-    lease_ttl: Annotated[float, BeforeValidator(_v_lease_ttl)] = DEFAULT_LEASE_TTL
+    lease_ttl: Annotated[
+        float, BeforeValidator(_v_lease_ttl, json_schema_input_type=float | str)
+    ] = DEFAULT_LEASE_TTL
     expected_members: Count | None = None
 
 

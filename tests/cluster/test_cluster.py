@@ -67,8 +67,9 @@ def test_replicas_split_the_work_and_take_over_a_killed_one(
     killed = time.monotonic()
     wait_until(lambda: corpus.synced("v2", victims_units), 30, "the victim's units", step=0.2)
     took = time.monotonic() - killed
-    # lease_ttl + one interval, plus the pass itself on this 2-core machine.
-    assert took < TTL + INTERVAL + 4, took
+    # lease_ttl + one interval, plus the pass itself on this 2-core machine (shared with
+    # two registries and three etcd members).
+    assert took < TTL + INTERVAL + 6, f"takeover took {took:.1f}s"
     per_replica = _exactly_once(corpus)
     v2_writers = {
         replica_of(p.agent) for t in corpus.targets for p in manifest_puts(t) if p.tag == "v2"
