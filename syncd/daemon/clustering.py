@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from syncd import USER_AGENT
 from syncd.cluster import Replica
@@ -25,7 +26,8 @@ from syncd.webhooks import RepoEvent
 
 logger = logging.getLogger(__name__)
 
-SyncerFactory = Callable[[Config, Metrics], AbstractAsyncContextManager[Syncer]]
+# The daemon's factory of Syncers; keyword arguments it may take are passed through.
+SyncerFactory = Callable[..., AbstractAsyncContextManager[Syncer]]
 
 
 def open_replica(config: ClusterConfig, metrics: Metrics, scheduler: Scheduler) -> Replica:
@@ -41,8 +43,8 @@ def with_replica(factory: SyncerFactory, replica: Replica) -> SyncerFactory:
     """Syncers whose passes consult ``replica`` and whose requests carry its name."""
 
     @asynccontextmanager
-    async def open_syncer(config: Config, metrics: Metrics) -> AsyncIterator[Syncer]:
-        async with factory(config, metrics) as syncer:
+    async def open_syncer(config: Config, metrics: Metrics, **kw: Any) -> AsyncIterator[Syncer]:
+        async with factory(config, metrics, **kw) as syncer:
             syncer.ownership = replica
             syncer.engine.fence = replica.may_write
             syncer.pool.user_agent = f"{USER_AGENT} (replica {replica.name})"
