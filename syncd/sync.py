@@ -18,6 +18,7 @@ from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
+from syncd.ownership import LOCAL, Ownership
 from syncd.plan import PlanEntry, plan_entries
 from syncd.prune import Listing, PruneOutcome, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
@@ -67,6 +68,7 @@ class Syncer:
         referrers: ReferrerSync | None = None,
     ) -> None:
         self.config = config
+        self.ownership: Ownership = LOCAL  # a cluster's replaces it (syncd/ownership.py)
         self.pool = pool
         self.engine = engine
         self.metrics = metrics
@@ -112,6 +114,7 @@ class Syncer:
         skip = left_alone(self.pool, rule)
         try:
             repos = [] if skip else await self._repositories(rule, repositories)
+            repos = await self.ownership.select(rule.name, repos, complete=repositories is None)
         except SyncdError as e:
             self._fail_rule(rule, result, rule.source, e, prefix="listing ")
             repos = []
@@ -141,7 +144,10 @@ class Syncer:
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
-                await self._run_job(rule, job, result, dry_run)
+                if self.ownership.may_write():  # else fenced: the unit's next owner copies it
+                    await self._run_job(rule, job, result, dry_run)
+                else:
+                    result.fenced += 1
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(produce())

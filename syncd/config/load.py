@@ -20,8 +20,10 @@ environment)``.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -41,14 +43,19 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from syncd.config.schema import (
+    DEFAULT_CLUSTER_PREFIX,
     DEFAULT_CONCURRENCY,
     DEFAULT_INTERVAL,
+    DEFAULT_LEASE_TTL,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DELETIONS,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_RETRIES,
+    MIN_LEASE_TTL,
     AccountConfig,
+    ClusterConfig,
     Config,
+    EtcdConfig,
     QuotaReserve,
     RegistryConfig,
     RuleConfig,
@@ -472,6 +479,44 @@ def _v_listen(value: str) -> str:
     return value
 
 
+def _v_etcd_endpoint(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(
+            f"invalid etcd endpoint {_show(value)}: a URL, http://HOST:PORT or https://HOST:PORT"
+        )
+    return _v_url(value)
+
+
+def _v_lease_ttl(value: Any) -> float:
+    seconds = _v_duration(value)
+    if seconds < MIN_LEASE_TTL:
+        # A lease is renewed every third of its TTL; below 2 s one slow renewal fences the
+        # replica and the cluster churns.
+        raise ValueError(f"lease_ttl must be at least {MIN_LEASE_TTL:g}s")
+    # etcd grants leases in whole seconds (LeaseGrantRequest.TTL is an int64 of seconds).
+    return float(math.ceil(seconds))
+
+
+def _v_key_prefix(value: str) -> str:
+    if not value.startswith("/") or not value.endswith("/") or "//" in value:
+        raise ValueError(
+            f"invalid prefix {_show(value)}: an etcd key path that starts and ends with '/', "
+            "e.g. /syncd/ or /teams/a/syncd/"
+        )
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"invalid prefix {_show(value)}: no spaces or control characters")
+    return value
+
+
+def _v_member_name(value: str) -> str:
+    if not RULE_NAME_RE.match(value) or len(value) > 253:
+        raise ValueError(
+            f"invalid replica name {_show(value)}: letters, digits and [._-], starting with a "
+            "letter or digit (a host name or pod name fits)"
+        )
+    return value
+
+
 def _unique(values: list[str]) -> list[str]:
     seen: set[str] = set()
     for v in values:
@@ -639,6 +684,35 @@ class StateModel(_Model):
     path: NonEmpty | None = None
 
 
+class EtcdModel(_Model):
+    """``cluster.etcd``."""
+
+    endpoints: Annotated[
+        list[Annotated[NonEmpty, AfterValidator(_v_etcd_endpoint)]],
+        BeforeValidator(_one_or_many),
+        Field(min_length=1),
+        AfterValidator(_unique),
+    ]
+    ca_file: NonEmpty | None = None
+    client_cert: NonEmpty | None = None
+    client_key: NonEmpty | None = None
+    username: NonEmpty | None = None
+    password: Annotated[SecretStr, Field(min_length=1)] | None = None
+    password_file: NonEmpty | None = None
+
+
+class ClusterModel(_Model):
+    """``cluster``."""
+
+    etcd: EtcdModel
+    name: Annotated[NonEmpty, AfterValidator(_v_member_name)] | None = None
+    prefix: Annotated[NonEmpty, AfterValidator(_v_key_prefix)] = DEFAULT_CLUSTER_PREFIX
+    lease_ttl: Annotated[
+        float, BeforeValidator(_v_lease_ttl, json_schema_input_type=float | str)
+    ] = DEFAULT_LEASE_TTL
+    expected_members: Count | None = None
+
+
 class ConfigModel(_Model):
     """The whole file."""
 
@@ -647,6 +721,7 @@ class ConfigModel(_Model):
     rules: Annotated[list[RuleModel], Field(min_length=1)]
     server: ServerModel | None = None
     state: StateModel | None = None
+    cluster: ClusterModel | None = None
 
 
 def _model_at(loc: Path) -> type[BaseModel] | None:
@@ -664,6 +739,10 @@ def _model_at(loc: Path) -> type[BaseModel] | None:
             return ServerModel
         case ("state",):
             return StateModel
+        case ("cluster",):
+            return ClusterModel
+        case ("cluster", "etcd"):
+            return EtcdModel
         case ("rules", int()):
             return RuleModel
         case ("rules", int(), "tags"):
@@ -856,6 +935,9 @@ class _Loader:
         defaults = data.get("defaults")
         if isinstance(defaults, dict):
             self._interval_and_schedule(("defaults",), defaults)
+        cluster = data.get("cluster")
+        if isinstance(cluster, dict) and isinstance(cluster.get("etcd"), dict):
+            self._check_etcd(cluster["etcd"])
         rules = data.get("rules")
         if isinstance(rules, list):
             first_seen: dict[str, int] = {}
@@ -890,6 +972,41 @@ class _Loader:
         for key in ("password_file", "ca_file", "client_cert", "client_key"):
             self._check_file(path, reg, key)
         self._check_accounts(path, reg)
+
+    def _check_etcd(self, etcd: dict[str, Any]) -> None:
+        path: Path = ("cluster", "etcd")
+        if "password" in etcd and "password_file" in etcd:
+            self.add(
+                (*path, "password_file"),
+                "set either password or password_file, not both",
+                at_key=True,
+            )
+        if ("password" in etcd or "password_file" in etcd) and "username" not in etcd:
+            which = "password" if "password" in etcd else "password_file"
+            self.add((*path, which), "a password needs a username", at_key=True)
+        if "username" in etcd and not ("password" in etcd or "password_file" in etcd):
+            self.add((*path, "username"), "username needs password or password_file", at_key=True)
+        if "client_key" in etcd and "client_cert" not in etcd:
+            self.add((*path, "client_key"), "client_key needs client_cert", at_key=True)
+        if "client_cert" in etcd and "client_key" not in etcd:
+            self.add((*path, "client_cert"), "client_cert needs client_key", at_key=True)
+        endpoints = etcd.get("endpoints")
+        listed = [endpoints] if isinstance(endpoints, str) else endpoints
+        if isinstance(listed, list):
+            schemes = {e.partition("://")[0] for e in listed if isinstance(e, str) and "://" in e}
+            if len(schemes) > 1:
+                self.add(
+                    (*path, "endpoints"), "mix of http:// and https:// endpoints: use one scheme"
+                )
+            tls_keys = [k for k in ("ca_file", "client_cert") if k in etcd]
+            if schemes == {"http"} and tls_keys:
+                self.add(
+                    (*path, tls_keys[0]),
+                    f"{tls_keys[0]} needs https:// endpoints",
+                    at_key=True,
+                )
+        for key in ("password_file", "ca_file", "client_cert", "client_key"):
+            self._check_file(path, etcd, key)
 
     def _check_accounts(self, path: Path, reg: dict[str, Any]) -> None:
         """``credentials``: instead of the single-account keys; each entry one secret."""
@@ -1155,6 +1272,31 @@ class _Loader:
                 else None,
             ),
             state=StateConfig(path=self._state_path(model.state)),
+            cluster=self._cluster(model.cluster) if model.cluster else None,
+        )
+
+    def _cluster(self, c: ClusterModel) -> ClusterConfig:
+        e = c.etcd
+
+        def path(value: str | None) -> str | None:
+            return self._resolve(value) if value else None
+
+        return ClusterConfig(
+            etcd=EtcdConfig(
+                endpoints=tuple(u.rstrip("/") for u in e.endpoints),
+                ca_file=path(e.ca_file),
+                client_cert=path(e.client_cert),
+                client_key=path(e.client_key),
+                username=e.username,
+                password=Secret(e.password.get_secret_value()) if e.password else None,
+                password_file=path(e.password_file),
+            ),
+            # Every replica runs the same file, so the name that tells them apart defaults to
+            # the host name (a pod's name under Kubernetes).
+            name=c.name or socket.gethostname(),
+            prefix=c.prefix,
+            lease_ttl=c.lease_ttl,
+            expected_members=c.expected_members,
         )
 
     def _state_path(self, state: StateModel | None) -> str | None:

@@ -45,6 +45,9 @@ class QuotaReserve:
 
 DEFAULT_MAX_DELETIONS = 10
 PRUNE_MODES = ("deleted", "unselected")
+DEFAULT_CLUSTER_PREFIX = "/syncd/"
+DEFAULT_LEASE_TTL = 10.0
+MIN_LEASE_TTL = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,32 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    """``cluster.etcd``: how to reach the etcd v3 cluster; paths are absolute."""
+
+    endpoints: tuple[str, ...]
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``cluster``: several replicas share the rules' work through etcd."""
+
+    etcd: EtcdConfig
+    name: str  # this replica's member name (default: the host name)
+    prefix: str = DEFAULT_CLUSTER_PREFIX  # every key syncd writes starts with it
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    # How many members the operator runs; only the "members fewer than configured" alert
+    # reads it (through syncd_cluster_expected_members). None: no such alert.
+    expected_members: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated config file."""
 
@@ -176,6 +205,7 @@ class Config:
     rules: tuple[RuleConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    cluster: ClusterConfig | None = None
 
     def rule(self, name: str) -> RuleConfig | None:
         return next((r for r in self.rules if r.name == name), None)

@@ -386,7 +386,7 @@ CASES: list[tuple[str, str, list[tuple[int, int, str, str]]]] = [
     (
         "unknown-top-level-no-guess",
         BASE + "zzz: 1\n",
-        [(11, 1, "zzz", "allowed here: defaults, registries, rules, server")],
+        [(11, 1, "zzz", "allowed here: cluster, defaults, registries, rules, server, state")],
     ),
     (
         "unknown-registry-key",

@@ -23,6 +23,8 @@ L0 = {
     "syncd.durations",
     "syncd.proxy",
     "syncd.state",
+    "syncd.ownership",
+    "syncd.cluster.rendezvous",
 }
 L1_PREFIXES = (
     "syncd.config.load",
@@ -32,6 +34,7 @@ L1_PREFIXES = (
     "syncd.metrics",
     "syncd.logs",
     "syncd.state_sqlite",
+    "syncd.cluster",
 )
 L2_PREFIXES = (
     "syncd.copy",
