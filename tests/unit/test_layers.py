@@ -19,6 +19,8 @@ L0 = {
     "syncd.webhooks",
     "syncd.config",
     "syncd.config.schema",
+    "syncd.config.values",
+    "syncd.config.env",
     "syncd.secret",
     "syncd.durations",
     "syncd.proxy",
@@ -29,6 +31,8 @@ L0 = {
 L1_PREFIXES = (
     "syncd.config.load",
     "syncd.config.json_schema",
+    "syncd.config.yaml_positions",
+    "syncd.config.checks",
     "syncd.registry",
     "syncd.layout",
     "syncd.metrics",
