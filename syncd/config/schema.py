@@ -45,9 +45,9 @@ from syncd.config.values import (
     MediaType,
     MemberName,
     NonEmpty,
-    Number,
     OneOrMany,
     Platform,
+    Positive,
     Proxy,
     QuotaReserve,
     RegexList,
@@ -149,7 +149,7 @@ class RegistryConfig:
     credentials: Annotated[tuple[AccountConfig, ...], Field(min_length=1)] = ()
     # None: the default reserve (10%), and no budget is assumed until the registry sends one.
     quota_reserve: Reserve | None = None
-    requests_per_second: Annotated[Number, Field(gt=0)] | None = None
+    requests_per_second: Positive | None = None
     # Without the key: ``defaults.max_retry_wait``, else DEFAULT_MAX_RETRY_WAIT.
     max_retry_wait: Duration = DEFAULT_MAX_RETRY_WAIT
 

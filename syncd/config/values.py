@@ -25,7 +25,6 @@ from syncd.secret import Secret
 
 REGISTRY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 RULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-ENV_REF_RE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _PLATFORM_RE = re.compile(r"^[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?$")
 _MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*$")
 _HOST_PORT_RE = re.compile(
@@ -441,9 +440,21 @@ def _v_registry_url(value: str, info: ValidationInfo) -> str:
 # are read into tuples so the values stay immutable.
 Text = Annotated[str, Strict()]
 NonEmpty = Annotated[str, Strict(), Field(min_length=1)]
-Flag = Annotated[bool, Strict(), BeforeValidator(_env_bool)]
-Number = Annotated[float, Strict(), BeforeValidator(_env_float)]
-Count = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_env_int)]
+# For ``syncd schema``: a number or boolean key may also hold ``${NAME}`` (only).
+EnvRef = Annotated[str, Field(pattern=r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")]
+Flag = Annotated[bool, Strict(), BeforeValidator(_env_bool, json_schema_input_type=bool | EnvRef)]
+Positive = Annotated[
+    float,
+    Strict(),
+    Field(gt=0),
+    BeforeValidator(_env_float, json_schema_input_type=Annotated[float, Field(gt=0)] | EnvRef),
+]
+Count = Annotated[
+    int,
+    Strict(),
+    Field(ge=1),
+    BeforeValidator(_env_int, json_schema_input_type=Annotated[int, Field(ge=1)] | EnvRef),
+]
 File = Annotated[NonEmpty, AfterValidator(_v_file)]
 Regex = Annotated[Text, AfterValidator(_v_regex)]
 # ``json_schema_input_type`` says what the YAML may hold before a BeforeValidator converts
