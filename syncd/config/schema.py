@@ -393,12 +393,13 @@ def _registry_defaults(name: str, reg: Any, d: DefaultsConfig) -> Any:
 def _rule_defaults(rule: Any, d: DefaultsConfig) -> Any:
     if not isinstance(rule, dict):
         return rule
-    rule = dict(rule)
     # A rule that names its own timing replaces the default timing as a whole: a rule's
     # interval beats a default schedule, and a rule's schedule beats a default interval.
+    own_timing = "interval" in rule or "schedule" in rule
+    rule = dict(rule)
     if "interval" not in rule and d.interval is not None:
         rule["interval"] = d.interval
-    if "interval" not in rule and "schedule" not in rule and d.schedule is not None:
+    if not own_timing and d.schedule is not None:
         rule["schedule"] = d.schedule
     for key in ("retries", "concurrency", "target_recheck"):
         value = getattr(d, key)
