@@ -19,29 +19,42 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from syncd.blobs_session import (
+    LRU,
+    BlobCounts,
+    Pieces,
+    UploadSession,
+    drain,
+    force_put,
+    transfer_needs,
+)
 from syncd.errors import (
+    AuthError,
     ClientRequestError,
     DigestMismatchError,
     SyncdError,
 )
 from syncd.manifest import Descriptor
-from syncd.registry.client import RegistryClient
+from syncd.registry.pool import AnyClient
+from syncd.registry.slots import TransferSlots
+from syncd.state import MemoryStore, StateStore, registry_key
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
+
+# LRU and BlobCounts live in blobs_session and are still imported from here.
+__all__ = ["LRU", "BlobCounts", "BlobMover", "Endpoint"]
 
 log = logging.getLogger(__name__)
 
 # Chunks buffered per target while teeing one source stream: bounds memory to
 # QUEUE_DEPTH x CHUNK_SIZE per target however large the blob.
 QUEUE_DEPTH = 4
-# Remembered blob locations per process (the daemon keeps them across passes, which is
-# what makes cross-repository mounts work from one pass to the next).
+# Blobs remembered as seen per target repository (``PRESENT_TTL``).
 MAX_LOCATIONS = 200_000
 # How long a blob this process saw in a target repository is taken as still there without
 # another HEAD: long enough to cover a pass (images of one repository share layers), short
@@ -58,39 +71,23 @@ UPLOAD_CHUNK = 16 * 1024 * 1024
 class Endpoint:
     """A repository on a registry."""
 
-    client: RegistryClient
+    client: AnyClient
     repository: str
 
     def __str__(self) -> str:
         return f"{self.client.name}/{self.repository}"
 
 
-class LRU(OrderedDict[Any, Any]):
-    """A bounded mapping that forgets the least recently remembered entry."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
-
-
-@dataclass(slots=True)
-class BlobCounts:
-    """Blob work done for one target during one image copy."""
-
-    copied: int = 0
-    mounted: int = 0
-    skipped: int = 0
-    bytes: int = 0
+def registry_of(t: Endpoint) -> str:
+    """The state store's name for ``t``'s registry (its normalised address); a client
+    without an HTTP transport (a local layout) is named by its ``host``."""
+    transport = getattr(t.client, "transport", None)
+    return registry_key(transport.base_url if transport is not None else t.client.host)
 
 
 class BlobMover:
-    """Makes blobs present at targets; remembers, per target registry, where they live."""
+    """Makes blobs present at targets; records, per target registry, where they live (in
+    the state store, so a later process mounts what an earlier one stored)."""
 
     def __init__(
         self,
@@ -98,21 +95,24 @@ class BlobMover:
         *,
         chunked_threshold: int = CHUNKED_THRESHOLD,
         chunk_size: int = UPLOAD_CHUNK,
+        store: StateStore | None = None,
     ) -> None:
         self.metrics = metrics
         self.chunked_threshold = chunked_threshold
         self.chunk_size = chunk_size
-        # (target registry, digest) -> a repository known to hold it
-        self._locations: LRU = LRU(MAX_LOCATIONS)
+        # Where blobs live in each target registry (kept by registry address, syncd.state)
+        self.store: StateStore = store if store is not None else MemoryStore()
         # (target registry, repository, digest) -> when this process last saw it there
         self._present: LRU = LRU(MAX_LOCATIONS)
         # (target registry, repository, digest) -> future of the task making it present
         self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         # (target registry, digest) -> future of an upload under way somewhere in it
         self._uploading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        # Source and target connections of a tee, taken together (see registry/slots.py).
+        self.slots = TransferSlots()
         # Asked, when a blob is missing from a repository and nothing is known of it, for
         # another repository of that registry that has it (the copy engine looks through
-        # images it found up to date there: see CopyEngine._locate).
+        # images it found up to date there: see TargetFacts.locate).
         self.locate: Callable[[Endpoint, str], Awaitable[str | None]] | None = None
 
     async def ensure_blob(
@@ -158,7 +158,7 @@ class BlobMover:
                 pending[t] = other
         try:
             prepared = await asyncio.gather(
-                *(self._prepare(t, blob, counts[t], pending.get(t)) for t, _ in mine),
+                *(self._prepare(source, t, blob, counts[t], pending.get(t)) for t, _ in mine),
                 return_exceptions=True,
             )
             uploads: list[tuple[Endpoint, str, asyncio.Future[str]]] = []
@@ -189,24 +189,20 @@ class BlobMover:
             except SyncdError as e:
                 failures.setdefault(t, e)
 
-    def hint(self, registry: str, digest: str, repository: str) -> None:
-        """``repository`` at ``registry`` holds ``digest`` (unless something better is known)."""
-        if (registry, digest) not in self._locations:
-            self._locations.remember((registry, digest), repository)
-
-    def location(self, registry: str, digest: str) -> str | None:
-        return self._locations.get((registry, digest))
-
     def _remember(self, t: Endpoint, digest: str) -> None:
-        self._locations.remember((t.client.name, digest), t.repository)
+        self.store.blob_put(registry_of(t), digest, t.repository)
         self._present.remember((t.client.name, t.repository, digest), time.monotonic())
 
     def forget_repository(self, t: Endpoint) -> None:
         """Stop trusting what was seen in ``t`` (a manifest PUT there failed: maybe a GC)."""
         for key in [k for k in self._present if k[0] == t.client.name and k[1] == t.repository]:
             del self._present[key]
-        for key in [k for k, repo in self._locations.items() if repo == t.repository]:
-            del self._locations[key]
+        self.store.repository_forget(registry_of(t), t.repository)
+
+    def forget_registry(self, name: str) -> None:
+        """Forget every location and presence learned at registry ``name``."""
+        for key in [k for k in self._present if k[0] == name]:
+            del self._present[key]
 
     def _seen(self, t: Endpoint, digest: str) -> bool:
         at = self._present.get((t.client.name, t.repository, digest))
@@ -214,6 +210,7 @@ class BlobMover:
 
     async def _prepare(
         self,
+        source: Endpoint,
         t: Endpoint,
         blob: Descriptor,
         counts: BlobCounts,
@@ -223,14 +220,19 @@ class BlobMover:
         if self._seen(t, blob.digest):
             self._skipped(t, blob, counts)
             return None
-        reg_key = (t.client.name, blob.digest)
+        if t.client.origin == source.client.origin and t.repository != source.repository:
+            # Promotion inside one registry: the source repository has every blob, so a
+            # mount links it without a byte read or written (distribution-spec "Mounting
+            # a blob from another repository"). A mount answers 201 also when the target
+            # already had it; a declined one (202) opens the session the upload needs.
+            return await self._mount(t, blob, counts, source.repository)
         if pending is not None:
             # Another repository of this registry is receiving it now: wait, then mount.
             with contextlib.suppress(SyncdError, asyncio.CancelledError):
                 await asyncio.shield(pending)
         location: str | None = None
-        known = self._locations.get(reg_key)
-        if known and known != t.repository:
+        known = self.store.blob_where(registry_of(t), blob.digest)
+        if known and known != t.repository and t.client.can_mount:
             # A mount answers 201 whether it links the blob or the repository already had
             # it, so it stands in for the HEAD: one request instead of two.
             location = await self._mount(t, blob, counts, known)
@@ -242,7 +244,7 @@ class BlobMover:
                     await t.client.upload_cancel(t.repository, location)
             self._skipped(t, blob, counts)
             return None
-        if location is None and self.locate is not None:
+        if location is None and self.locate is not None and t.client.can_mount:
             # Missing here, and this process has not seen it in another repository of the
             # registry: one that holds an image found up to date may have it (a base layer
             # shared across repositories, in a fresh `once`). A declined mount opens the
@@ -260,7 +262,22 @@ class BlobMover:
         self, t: Endpoint, blob: Descriptor, counts: BlobCounts, from_repository: str
     ) -> str | None:
         """None once mounted; else the upload session the registry opened instead."""
-        location = await t.client.blob_mount(t.repository, blob.digest, from_repository)
+        try:
+            location = await t.client.blob_mount(t.repository, blob.digest, from_repository)
+        except AuthError as e:
+            # The target's credentials may push here but not pull from the other
+            # repository (a token registry then refuses the mount outright instead of
+            # answering 202): upload instead, as a declined mount would.
+            log.info(
+                "%s: mount of %s from %s refused (%s); uploading",
+                t,
+                blob.digest,
+                from_repository,
+                e,
+                extra={"event": "mount_refused", "digest": blob.digest},
+            )
+            self.store.blob_delete(registry_of(t), blob.digest)
+            return await t.client.upload_start(t.repository)
         if location is None:
             self._remember(t, blob.digest)
             counts.mounted += 1
@@ -268,7 +285,7 @@ class BlobMover:
                 self.metrics.blobs_mounted.labels(target=t.client.name).inc()
             return None
         # Declined (the other repository lost it, or no pull right there): forget it.
-        self._locations.pop((t.client.name, blob.digest), None)
+        self.store.blob_delete(registry_of(t), blob.digest)
         return location
 
     def _skipped(self, t: Endpoint, blob: Descriptor, counts: BlobCounts) -> None:
@@ -292,7 +309,7 @@ class BlobMover:
         ``retries`` failures in a row that gained no new acknowledged bytes end it.
         """
         chunked = blob.size > self.chunked_threshold
-        sessions = [_Session(t, loc, fut, chunked) for t, loc, fut in uploads]
+        sessions = [UploadSession(t, loc, fut, chunked) for t, loc, fut in uploads]
         # offset -> hash state of the blob's first ``offset`` bytes, at chunk boundaries:
         # what lets a resumed upload still verify the WHOLE blob.
         checkpoints: dict[int, Any] = {}
@@ -300,20 +317,21 @@ class BlobMover:
             checkpoints[0] = hashlib.new(blob.digest.partition(":")[0])
         attempts = max(1, source.client.attempts)
         # Each batch is one source read: (sessions, offset the registry already holds).
-        batches: list[tuple[list[_Session], int]] = [(sessions, 0)]
+        batches: list[tuple[list[UploadSession], int]] = [(sessions, 0)]
         while batches:
-            failed: list[tuple[_Session, BaseException]] = []
+            failed: list[tuple[UploadSession, BaseException]] = []
             for group, resume_at in batches:
-                errors = await self._tee(
-                    source, blob, group, resume_at=resume_at, checkpoints=checkpoints
-                )
+                async with self.slots.take(transfer_needs(source, group)):
+                    errors = await self._tee(
+                        source, blob, group, resume_at=resume_at, checkpoints=checkpoints
+                    )
                 for s, err in zip(group, errors, strict=True):
                     if err is None:
                         self._copied(s.endpoint, blob, counts)
                         s.future.set_result("copied")
                     else:
                         failed.append((s, err))
-            retry: list[_Session] = []
+            retry: list[UploadSession] = []
             for s, err in failed:
                 if s.acked > s.best:
                     s.best = s.acked  # new bytes acknowledged: the budget starts over
@@ -334,14 +352,12 @@ class BlobMover:
                 extra={"event": "retry", "digest": blob.digest},
             )
             for s in retry:
-                if source.client.transport.metrics:
-                    source.client.transport.metrics.retries.labels(
-                        registry=s.endpoint.client.name
-                    ).inc()
+                if self.metrics:
+                    self.metrics.retries.labels(registry=s.endpoint.client.name).inc()
             worst = max(s.failures for s in retry)
             await asyncio.sleep(min(10.0, 0.25 * 2 ** (worst - 1)))
             batches = []
-            fresh: list[_Session] = []
+            fresh: list[UploadSession] = []
             for s in retry:
                 at = await self._resume_point(s, blob)
                 if at is not None:
@@ -358,7 +374,7 @@ class BlobMover:
                 # Targets starting over still share one source read.
                 batches.append((fresh, 0))
 
-    async def _abandon(self, s: _Session) -> None:
+    async def _abandon(self, s: UploadSession) -> None:
         """Best effort: tell the registry to drop a session we give up on (its partial
         bytes would otherwise wait for the registry's upload purging)."""
         with contextlib.suppress(SyncdError):
@@ -372,7 +388,7 @@ class BlobMover:
             self.metrics.blobs_copied.labels(target=t.client.name).inc()
             self.metrics.blob_bytes_copied.labels(target=t.client.name).inc(blob.size)
 
-    async def _resume_point(self, s: _Session, blob: Descriptor) -> int | None:
+    async def _resume_point(self, s: UploadSession, blob: Descriptor) -> int | None:
         """The offset to resume ``s`` at, or None to start a fresh session.
 
         Asks the registry (``GET`` on the upload URL, ``Range: 0-N``). CNCF distribution
@@ -430,7 +446,7 @@ class BlobMover:
         self,
         source: Endpoint,
         blob: Descriptor,
-        sessions: Sequence[_Session],
+        sessions: Sequence[UploadSession],
         *,
         resume_at: int = 0,
         checkpoints: dict[int, Any],
@@ -466,7 +482,7 @@ class BlobMover:
                     await read(0)
             except BaseException as e:
                 for q in queues:
-                    _force_put(q, e)
+                    force_put(q, e)
                 raise
 
         async def read(begin_at: int) -> None:
@@ -506,7 +522,7 @@ class BlobMover:
         async def consume(i: int) -> None:
             s = sessions[i]
             t = s.endpoint
-            pieces = _Pieces(queues[i])
+            pieces = Pieces(queues[i])
             try:
                 if s.chunked:
                     await self._send_chunks(s, blob, pieces, resume_at)
@@ -520,7 +536,7 @@ class BlobMover:
                     )
             except BaseException:
                 dead[i] = True
-                _drain(queues[i])
+                drain(queues[i])
                 raise
 
         results = await asyncio.gather(
@@ -541,7 +557,7 @@ class BlobMover:
         return out
 
     async def _send_chunks(
-        self, s: _Session, blob: Descriptor, pieces: _Pieces, offset: int
+        self, s: UploadSession, blob: Descriptor, pieces: Pieces, offset: int
     ) -> None:
         """PATCH chunk after chunk from ``offset``; the last chunk rides in the committing PUT.
 
@@ -569,54 +585,3 @@ class BlobMover:
             )
             offset = boundary
             s.acked = offset
-
-
-@dataclass(slots=True, eq=False)
-class _Session:
-    """One target's upload of one blob: where it is and what the registry acknowledged."""
-
-    endpoint: Endpoint
-    location: str
-    future: asyncio.Future[str]
-    chunked: bool
-    acked: int = 0  # end of the last PATCH the registry answered
-    best: int = 0  # the most ever acknowledged, so only real progress resets ``failures``
-    failures: int = 0  # failed attempts since the last progress
-
-
-class _Pieces:
-    """A consumer's view of its queue: exactly ``n`` bytes at a time, or an error."""
-
-    def __init__(self, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
-        self._queue = queue
-
-    async def take(self, n: int) -> AsyncIterator[bytes]:
-        left = n
-        while left > 0:
-            item = await self._queue.get()
-            if item is None or isinstance(item, BaseException) or len(item) > left:
-                raise _SourceFailed()
-            left -= len(item)
-            yield item
-
-    def body(self, n: int) -> Callable[[], AsyncIterator[bytes]]:
-        """A request body factory for the next ``n`` bytes (used once: not replayable)."""
-        return lambda: self.take(n)
-
-    async def end(self) -> None:
-        if await self._queue.get() is not None:
-            raise _SourceFailed()
-
-
-class _SourceFailed(Exception):
-    """Raised inside an upload body when the source stream failed; aborts that request."""
-
-
-def _drain(q: asyncio.Queue[Any]) -> None:
-    while not q.empty():
-        q.get_nowait()
-
-
-def _force_put(q: asyncio.Queue[Any], item: Any) -> None:
-    _drain(q)
-    q.put_nowait(item)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,10 @@ from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import configure
-from syncd.sync import PlanEntry, RulePassResult, open_syncer
+from syncd.plan import PlanEntry
+from syncd.proxy import env_proxies
+from syncd.report import rule_report, run_report, write_report
+from syncd.sync import RulePassResult, open_syncer
 
 log = logging.getLogger("syncd")
 
@@ -74,10 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("plan", "show what would be copied, write nothing"),
         ("once", "one full pass, then exit"),
+        ("verify", "check every selected tag and what it references at the targets; write nothing"),
     ):
         p = sub.add_parser(name, help=text)
         _common(p, suppress=True)
         p.add_argument("--rule", metavar="NAME", help="only this rule")
+        if name == "once":
+            p.add_argument(
+                "--report",
+                metavar="FILE",
+                help="write the JSON run report of the pass to FILE (also when images failed)",
+            )
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="resolve and report like plan through a pass; write and delete nothing",
+            )
         if name == "plan":
             p.add_argument(
                 "--output",
@@ -86,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
                 type=str.lower,
                 help="output format",
             )
+
+    p = sub.add_parser(
+        "status", help="the latest run report of every rule, from the running daemon"
+    )
+    _common(p, suppress=True)
+    p.add_argument(
+        "--output", choices=["text", "json"], default="text", type=str.lower, help="output format"
+    )
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the config file")
+    _common(p, suppress=True)
 
     p = sub.add_parser("run", help="the long-lived daemon")
     _common(p, suppress=True)
@@ -103,6 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = args.config or os.environ.get("SYNCD_CONFIG")
     redactor = configure(args.log_format or "text", args.log_level or "info")
+    if args.command == "schema":
+        from syncd.config.json_schema import config_json_schema
+
+        print(json.dumps(config_json_schema(), indent=2))
+        return EXIT_OK
+    if args.command == "status" and not path:
+        return _status(None, args.listen, args.output)
     if not path:
         print("syncd: no config file: use -c FILE or set SYNCD_CONFIG", file=sys.stderr)
         return EXIT_CONFIG
@@ -134,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{path}: valid ({len(config.registries)} registries, {len(config.rules)} rules)")
         return EXIT_OK
+    if args.command == "status":
+        return _status(config, args.listen, args.output)
     rules = list(config.rules)
     if args.rule:
         rule = config.rule(args.rule)
@@ -145,7 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return asyncio.run(_plan(config, rules, args.output))
-        return asyncio.run(_once(config, rules, args.listen))
+        if args.command == "verify":
+            return asyncio.run(_verify(config, rules))
+        if args.dry_run:
+            if args.report:
+                print("syncd: once --dry-run writes no run report (drop --report)", file=sys.stderr)
+                return EXIT_CONFIG
+            return asyncio.run(_plan(config, rules, "text", summary=True))
+        return asyncio.run(_once(config, rules, args.listen, args.report))
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
         return 130
@@ -159,6 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _secrets_of(config: Config) -> list[str]:
     out = [r.password.reveal() for r in config.registries.values() if r.password]
+    out += [
+        a.password.reveal() for r in config.registries.values() for a in r.credentials if a.password
+    ]
+    proxies = [r.proxy for r in config.registries.values() if r.proxy]
+    out += [p.password.reveal() for p in proxies if p.password]
+    with contextlib.suppress(ValueError):  # a bad variable is reported when a pool reads it
+        env = env_proxies(os.environ)
+        out += [p.password.reveal() for p in (env.https, env.http) if p and p.password]
     if config.server.webhook_token:
         out.append(config.server.webhook_token.reveal())
     return out
@@ -178,6 +229,7 @@ def summary_line(total: RulePassResult, seconds: float) -> str:
         f"summary: images synced={total.synced} skipped={total.skipped} failed={total.failed}"
         f" blobs copied={total.blobs_copied} skipped={total.blobs_skipped}"
         f" mounted={total.blobs_mounted} referrers={total.referrers_copied}"
+        f" deleted={total.deleted}"
         f" bytes={total.bytes_copied} ({_human(total.bytes_copied)}) seconds={seconds:.2f}"
     )
 
@@ -206,11 +258,14 @@ class _Progress:
             sys.stdout.flush()
 
 
-async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> int:
+async def _once(
+    config: Config, rules: list[RuleConfig], listen: str | None, report: str | None
+) -> int:
     # Without --listen nothing would ever read the metrics: a one-shot pass in CI then
     # skips prometheus_client's import and the bookkeeping of every request.
     metrics = None
     server = None
+    results: list[RulePassResult] = []
     if listen:
         from syncd.daemon.lifecycle import parse_listen
         from syncd.metrics import Metrics
@@ -227,6 +282,7 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
             ready=lambda: True,
             trigger=lambda events: [],
             webhook_token=lambda: None,
+            status=lambda: run_report(rule_report(r) for r in results),
         )
         await server.start(host, port)
     start = time.monotonic()
@@ -238,14 +294,23 @@ async def _once(config: Config, rules: list[RuleConfig], listen: str | None) -> 
         ) as syncer:
             syncer.progress = progress.tick
             for rule in rules:
-                total.add(await syncer.run_rule(rule))
+                results.append(await syncer.run_rule(rule))
+                total.add(results[-1])
     finally:
         progress.end()
         if server is not None:
             await server.aclose()
     for failure in total.failures:
         print(f"failed: {failure}", file=sys.stderr)
+    for note in total.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(summary_line(total, time.monotonic() - start), flush=True)
+    if report:
+        try:
+            write_report(report, run_report(rule_report(r) for r in results))
+        except OSError as e:
+            print(f"syncd: cannot write the report {report}: {e}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK if total.ok else EXIT_FAILED
 
 
@@ -259,6 +324,9 @@ _ACTION_TEXT = {
     "referrer": "copy referrer",
     "unsigned": "unsigned (refused)",
     "failed": "error",
+    "delete": "delete",
+    "keep": "keep (not deleted)",
+    "delete_held": "delete held back (over max_deletions)",
 }
 # Plan actions that mean the image would not reach its target.
 _ERROR_ACTIONS = ("failed", "unsigned")
@@ -297,6 +365,8 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
             "filtered": sum(e.action == "filtered" for e in entries),
             "referrers": sum(e.action == "referrer" for e in entries),
             "unsigned": sum(e.action == "unsigned" for e in entries),
+            "delete": sum(e.action == "delete" for e in entries),
+            "delete_held": sum(e.action == "delete_held" for e in entries),
             "errors": sum(e.action in _ERROR_ACTIONS for e in entries),
             "missing_blobs": len({(e.target, b.digest) for e in copies for b in e.missing_blobs}),
             # A blob missing for several images of one target is transferred once.
@@ -307,13 +377,19 @@ def _plan_json(entries: list[PlanEntry]) -> dict[str, Any]:
     }
 
 
-async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
+async def _plan(
+    config: Config, rules: list[RuleConfig], output: str, *, summary: bool = False
+) -> int:
+    """``plan``, and ``once --dry-run`` (``summary``: also the summary line of ``once``)."""
+    start = time.monotonic()
     total = RulePassResult("*")
     async with open_syncer(
         config, None, track_target_bytes=False, probe_up_to_date=False
     ) as syncer:
         for rule in rules:
             total.add(await syncer.run_rule(rule, dry_run=True))
+    for note in total.notes:
+        print(f"note: {note}", file=sys.stderr)
     doc = _plan_json(total.plan)
     if output == "json":
         print(json.dumps(doc, indent=2))
@@ -346,7 +422,52 @@ async def _plan(config: Config, rules: list[RuleConfig], output: str) -> int:
         print(
             f"total: {t['copy']} to copy, {t['up_to_date']} up to date, "
             f"{t['overwrite_refused']} overwrite refused, {t['filtered']} filtered, "
-            f"{t['referrers']} referrers, {t['errors']} errors; "
+            f"{t['referrers']} referrers, {t['delete']} to delete, {t['errors']} errors; "
             f"{t['missing_blobs']} blobs, {_human(t['missing_bytes'])} to transfer"
         )
-    return EXIT_FAILED if doc["totals"]["errors"] else EXIT_OK
+    if summary:
+        print(summary_line(total, time.monotonic() - start), flush=True)
+    # A rule that could not even be listed (no catalog, registry down) has no plan entries
+    # but is a registry error all the same.
+    return EXIT_FAILED if doc["totals"]["errors"] or total.failed else EXIT_OK
+
+
+# -- verify -------------------------------------------------------------------------------
+async def _verify(config: Config, rules: list[RuleConfig]) -> int:
+    from syncd.verify import verify_config
+
+    result = await verify_config(config, rules)
+    for problem in result.problems:
+        print(problem)
+    print(
+        f"verify: {result.tags} tags checked at targets, {result.manifests} manifests,"
+        f" {result.blobs} blobs; {len(result.problems)} problems",
+        flush=True,
+    )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# -- status -------------------------------------------------------------------------------
+def _status(config: Config | None, listen: str | None, output: str) -> int:
+    from syncd.daemon.lifecycle import DEFAULT_LISTEN
+    from syncd.status import StatusUnavailableError, format_status, read_status
+
+    address = listen or (config.server.listen if config else None) or DEFAULT_LISTEN
+    stored: dict[str, Any] = {}
+    if config is not None:
+        from syncd.state_sqlite import open_state
+
+        store = open_state(config)
+        try:
+            saved = store.reports()
+        finally:
+            store.close()
+        # The rules of this config, in its order: a store may outlive renamed rules.
+        stored = {r.name: saved[r.name] for r in config.rules if r.name in saved}
+    try:
+        doc = read_status(address, stored=stored)
+    except (StatusUnavailableError, ValueError) as e:
+        print(f"syncd: no run report: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(doc, indent=2) if output == "json" else format_status(doc))
+    return EXIT_OK

@@ -18,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING
 
 from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
+from syncd.copy_flight import Lookahead, OnePerKey, gather_all
+from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec, filter_platforms
 from syncd.errors import (
     FencedError,
     ManifestInvalidError,
@@ -35,215 +34,65 @@ from syncd.errors import (
     ServerError,
     SyncdError,
 )
-from syncd.manifest import Descriptor, Manifest, Platform, parse_manifest
-from syncd.registry.client import ManifestInfo
+from syncd.facts import TargetFacts
+from syncd.manifest import Descriptor, Manifest, Platform
 from syncd.rules import backup_tag, platform_selected
+from syncd.state import StateStore
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
+# The values and helpers split out of this module are still imported from here.
+__all__ = [
+    "CopyEngine",
+    "ImageResult",
+    "Lookahead",
+    "TargetOutcome",
+    "TargetSpec",
+    "filter_platforms",
+]
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-# What a copy waiting on another one gets: the error that one ended with, or None.
-_Outcome = asyncio.Future[BaseException | None]
 
 # Manifests remembered per process: content-addressed, so never stale; the daemon keeps
 # them across passes, which is what makes no-op passes cheap.
 MAX_MANIFESTS = 8_192
-# Target tags remembered for ``target_recheck`` (a few hundred bytes each).
-MAX_VERIFIED = 200_000
-# Images found up to date, one per target repository, kept per target registry: where to
-# look for a blob missing elsewhere in that registry (``CopyEngine._locate``).
-MAX_PRESENT_IMAGES = 4_096
-# How many of them one lookup may read (a manifest GET each, plus an index's children).
-LOCATE_BATCH = 8
-
-
-@dataclass(frozen=True, slots=True)
-class TargetSpec:
-    """Where one image goes, and the policy for an existing tag there."""
-
-    endpoint: Endpoint
-    tag: str | None
-    overwrite: bool = True
-    backup: str | None = None
-    # ``target_recheck`` seconds: how long a tag this process pushed or found at the
-    # source's digest is taken as still there without a HEAD (0: HEAD every time).
-    recheck: float = 0.0
-
-
-async def _all(aws: Sequence[Awaitable[T]]) -> list[T]:
-    """Await every one side by side, then raise the first error, if any: unlike a plain
-    gather, nothing is left running unobserved after a failure."""
-    got = await asyncio.gather(*aws, return_exceptions=True)
-    for g in got:
-        if isinstance(g, BaseException):
-            raise g
-    return cast(list[T], got)
-
-
-class Lookahead:
-    """Target HEADs sent early (``CopyEngine.look_ahead``); each is used at most once.
-
-    ``close`` cancels or collects what the copy never used (a source that failed, an
-    image refused before its targets were looked at), so no task outlives its job and no
-    error goes unobserved.
-    """
-
-    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestInfo | None]]) -> None:
-        self._tasks = tasks
-
-    def take(self, t: Endpoint) -> asyncio.Future[ManifestInfo | None] | None:
-        return self._tasks.pop(t, None)
-
-    async def close(self) -> None:
-        left = list(self._tasks.values())
-        self._tasks.clear()
-        for task in left:
-            task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
-
-
-class _OnePerKey:
-    """Work on a key done by one copy at a time; the others wait and share its outcome
-    (the error it ended with, or None)."""
-
-    def __init__(self) -> None:
-        self._running: dict[tuple[str, ...], _Outcome] = {}
-
-    def split(
-        self, items: Iterable[tuple[tuple[str, ...], Endpoint, T]]
-    ) -> tuple[list[tuple[tuple[str, ...], Endpoint, T]], dict[Endpoint, _Outcome]]:
-        """Claim each free key for the caller (which must then run ``owning``); for a key
-        already being worked on, the outcome to wait for instead."""
-        mine: list[tuple[tuple[str, ...], Endpoint, T]] = []
-        joined: dict[Endpoint, _Outcome] = {}
-        for key, t, item in items:
-            other = self._running.get(key)
-            if other is not None:
-                joined[t] = other
-                continue
-            self._running[key] = asyncio.get_running_loop().create_future()
-            mine.append((key, t, item))
-        return mine, joined
-
-    @contextmanager
-    def owning(
-        self,
-        claimed: Iterable[tuple[tuple[str, ...], Endpoint, Any]],
-        failures: dict[Endpoint, BaseException],
-        interrupted: str,
-    ) -> Iterator[None]:
-        """Release the claimed keys when the work ends, each with its target's failure."""
-        aborted: BaseException | None = None
-        try:
-            yield
-        except BaseException:
-            aborted = SyncdError(interrupted)
-            raise
-        finally:
-            for key, t, _ in claimed:
-                self._running.pop(key).set_result(failures.get(t) or aborted)
-
-    @staticmethod
-    async def join(
-        joined: dict[Endpoint, _Outcome], failures: dict[Endpoint, BaseException]
-    ) -> None:
-        """Wait for the work other copies are doing; their failures become ours."""
-        for t, outcome in joined.items():
-            err = await asyncio.shield(outcome)
-            if err is not None:
-                failures.setdefault(t, err)
-
-
-@dataclass(slots=True)
-class TargetOutcome:
-    """What happened at one target."""
-
-    target: str
-    repository: str
-    action: str  # "up_to_date" | "copied" | "failed"
-    digest: str = ""
-    error: BaseException | None = None
-    blobs_copied: int = 0
-    blobs_mounted: int = 0
-    blobs_skipped: int = 0
-    bytes_copied: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(slots=True)
-class ImageResult:
-    """The copy of one source image to all its targets."""
-
-    source: str
-    reference: str
-    digest: str = ""
-    source_digest: str = ""
-    manifest: Manifest | None = None
-    outcomes: list[TargetOutcome] = field(default_factory=list)
-    error: BaseException | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None or any(o.action == "failed" for o in self.outcomes)
-
-    @property
-    def copied(self) -> bool:
-        return any(o.action == "copied" for o in self.outcomes)
-
-
-def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
-    """A new index keeping only the children of the named platforms.
-
-    Serialised deterministically, so the same source index and filter give the same
-    digest on every pass (otherwise every pass would look like a change).
-    """
-    doc = json.loads(manifest.raw)
-    kept = [
-        c
-        for c, d in zip(doc.get("manifests", []), manifest.children, strict=False)
-        if d.platform is None or platform_selected(platforms, d.platform)
-    ]
-    if not kept:
-        raise ManifestInvalidError(
-            f"index {manifest.digest} has no child for platforms {', '.join(platforms)}"
-        )
-    doc["manifests"] = kept
-    raw = json.dumps(doc, indent=3, sort_keys=False).encode()
-    return parse_manifest(raw, manifest.media_type)
 
 
 class CopyEngine:
-    """Copies images in integrity order; caches manifests by digest across passes."""
+    """Copies images in integrity order; caches manifests by digest across passes and
+    keeps what it learns about targets in the state store (``syncd.facts``)."""
 
     def __init__(
         self,
         metrics: Metrics | None = None,
         *,
         blobs: BlobMover | None = None,
+        store: StateStore | None = None,
         fence: Callable[[], bool] | None = None,
     ) -> None:
         self.metrics = metrics
         # Asked right before every manifest PUT (the step that makes a tag visible): false
         # once this replica lost its cluster lease (syncd/ownership.py).
         self.fence = fence
-        self.blobs = blobs or BlobMover(metrics)
+        self.blobs = blobs or BlobMover(metrics, store=store)
+        self.store = self.blobs.store
         self._manifests: LRU = LRU(MAX_MANIFESTS)
         self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
         # (target registry, repository, tag, digest): the copy of a tag under way
-        self._tag_copies = _OnePerKey()
+        self._tag_copies = OnePerKey()
         # (target registry, repository, child digest): the push of an index child under way
-        self._child_pushes = _OnePerKey()
-        # (target registry, repository, tag) -> (digest, until when it is trusted): only
-        # for specs with ``recheck``; what a daemon saves on its target's per-tag HEADs.
-        self._verified: LRU = LRU(MAX_VERIFIED)
-        # target registry -> target repository -> digest of an image found up to date
-        # there; and the (registry, digest) already read for blobs
-        self._present_images: dict[str, LRU] = {}
-        self._located: LRU = LRU(MAX_MANIFESTS)
-        self._locating: dict[str, asyncio.Lock] = {}
-        self.blobs.locate = self._locate
+        self._child_pushes = OnePerKey()
+        # Trusted target tags (``target_recheck``), images found complete at a target and
+        # where else a blob may be there: kept in the state store.
+        self.facts = TargetFacts(self.store, self.manifest, self.children)
+        self.blobs.locate = self.facts.locate
+
+    def forget_registry(self, name: str) -> None:
+        """Drop what was learned about registry ``name`` (a reload changed or removed it);
+        manifests are content-addressed and stay."""
+        self.blobs.forget_registry(name)
+        self.facts.forget_registry(name)
 
     # -- manifests -----------------------------------------------------------------------
     async def manifest(self, endpoint: Endpoint, digest: str) -> Manifest:
@@ -331,7 +180,7 @@ class CopyEngine:
 
     async def children(self, source: Endpoint, m: Manifest) -> list[Manifest]:
         # Fetched side by side: an index's children are otherwise one round trip each.
-        return await _all([self.manifest(source, c.digest) for c in m.children])
+        return await gather_all([self.manifest(source, c.digest) for c in m.children])
 
     # -- one image -------------------------------------------------------------------------
     def look_ahead(self, specs: Sequence[TargetSpec]) -> Lookahead:
@@ -346,74 +195,9 @@ class CopyEngine:
                     spec.endpoint.client.manifest_head(spec.endpoint.repository, spec.tag)
                 )
                 for spec in specs
-                if spec.tag and self._trusted(spec) is None
+                if spec.tag and self.facts.trusted(spec) is None
             }
         )
-
-    # -- where else a blob may be at a target ----------------------------------------------
-    async def _locate(self, t: Endpoint, digest: str) -> str | None:
-        """Another repository of ``t``'s registry that holds ``digest``, if one is found.
-
-        Asked by the blob mover for a blob missing from ``t`` that this process has not
-        seen anywhere in the registry. The candidates are images found up to date there
-        (their blobs are all present with them): up to ``LOCATE_BATCH`` not yet read are
-        read now, from that registry (one manifest GET each, none when cached by digest:
-        not from the source, whose pulls may be rate-limited), and their blobs remembered
-        as located there. This is what lets a fresh ``once`` mount a base layer that an
-        earlier run stored under another repository. Best effort: a manifest that cannot
-        be read only means no hint.
-        """
-        registry = t.client.name
-        images = self._present_images.get(registry)
-        if not images:
-            return None
-        async with self._locating.setdefault(registry, asyncio.Lock()):
-            found = self.blobs.location(registry, digest)
-            if found:
-                return found
-            todo = [
-                (Endpoint(t.client, repo), d)
-                for repo, d in reversed(images.items())
-                if repo != t.repository and (registry, d) not in self._located
-            ][:LOCATE_BATCH]
-            for _, d in todo:
-                self._located.remember((registry, d), True)
-            await asyncio.gather(*(self._note_blobs(where, d) for where, d in todo))
-            return self.blobs.location(registry, digest)
-
-    async def _note_blobs(self, where: Endpoint, digest: str) -> None:
-        try:
-            m = await self.manifest(where, digest)
-            for image in await self.children(where, m) if m.is_index else [m]:
-                for b in image.blobs:
-                    self.blobs.hint(where.client.name, b.digest, where.repository)
-        except SyncdError as e:
-            log.debug("could not read %s@%s for blob locations: %s", where, digest, e)
-
-    # -- what a target tag was last seen at (``target_recheck``) ---------------------------
-    def _trusted(self, spec: TargetSpec) -> str | None:
-        """The digest ``spec``'s tag is taken to hold without asking, if any."""
-        if spec.recheck <= 0 or not spec.tag:
-            return None
-        t = spec.endpoint
-        entry = self._verified.get((t.client.name, t.repository, spec.tag))
-        if entry is None or time.monotonic() >= entry[1]:
-            return None
-        return entry[0]  # type: ignore[no-any-return]
-
-    def _verified_at(self, spec: TargetSpec, digest: str) -> None:
-        if spec.recheck <= 0 or not spec.tag:
-            return
-        t = spec.endpoint
-        # Spread over the second half of the window: tags first seen in one pass are
-        # then not all asked again in one later pass.
-        until = time.monotonic() + spec.recheck * random.uniform(0.5, 1.0)
-        self._verified.remember((t.client.name, t.repository, spec.tag), (digest, until))
-
-    def _distrust(self, spec: TargetSpec) -> None:
-        if spec.tag:
-            t = spec.endpoint
-            self._verified.pop((t.client.name, t.repository, spec.tag), None)
 
     async def copy_image(
         self,
@@ -431,7 +215,7 @@ class CopyEngine:
 
         Failures are recorded per target in the result; this only raises on cancellation.
         ``artifact``: a referrer (signature, SBOM), not an image whose layers other
-        repositories may share (see ``_locate``).
+        repositories may share (see ``TargetFacts.locate``).
         """
         result = ImageResult(source=str(source), reference=reference)
         try:
@@ -467,9 +251,8 @@ class CopyEngine:
             elif head:
                 outcome.action = "copy" if dry_run else "copying"
                 todo.append(spec)
-            elif not artifact:
-                images = self._present_images.setdefault(t.client.name, LRU(MAX_PRESENT_IMAGES))
-                images.remember(t.repository, result.digest)
+            elif not artifact and not dry_run:
+                self.facts.image_present(t, result.digest)
         if dry_run or not todo:
             return result
         # One copy of a tag at a time per target: a rule running alongside another that
@@ -477,7 +260,9 @@ class CopyEngine:
         claimed, joined = self._tag_copies.split(
             (
                 (
-                    s.endpoint.client.name,
+                    # By origin, not name: two names (or a reloaded config's and the old
+                    # one's) for one registry are still one tag.
+                    s.endpoint.client.origin,
                     s.endpoint.repository,
                     s.tag or result.digest,
                     result.digest,
@@ -494,7 +279,7 @@ class CopyEngine:
             counts, seconds = await self._copy_to(
                 source, result, [spec for _, _, spec in claimed], failures
             )
-        await _OnePerKey.join(joined, failures)
+        await OnePerKey.join(joined, failures)
         for outcome, spec in zip(result.outcomes, targets, strict=True):
             if outcome.action != "copying":
                 continue
@@ -505,6 +290,8 @@ class CopyEngine:
                 outcome.action = "up_to_date"
             else:
                 outcome.action = "copied"
+                if not artifact:
+                    self.facts.image_present(t, result.digest, pushed=True)
             if t in counts:
                 c = counts[t]
                 outcome.blobs_copied, outcome.blobs_mounted = c.copied, c.mounted
@@ -548,7 +335,7 @@ class CopyEngine:
             if isinstance(err, BaseException):
                 failures[spec.endpoint] = err
             elif m is not None:
-                self._verified_at(spec, m.digest)
+                self.facts.verified(spec, m.digest)
         return counts, time.monotonic() - start
 
     async def _check_target(
@@ -556,7 +343,8 @@ class CopyEngine:
     ) -> bool:
         """True if the target needs the image; raises if policy forbids the move."""
         t = spec.endpoint
-        if self._trusted(spec) == digest:
+        # plan and once --dry-run ask the target: they report what is there now.
+        if not dry_run and self.facts.trusted(spec) == digest:
             return False
         early = looked.take(t) if looked else None
         try:
@@ -577,12 +365,13 @@ class CopyEngine:
                 e,
                 extra={"target": t.client.name, "repository": t.repository, "event": "repush"},
             )
-            self._distrust(spec)
+            self.facts.distrust(spec)
             return True
         if current is not None and current.digest == digest:
-            self._verified_at(spec, digest)
+            if not dry_run:
+                self.facts.verified(spec, digest)
             return False
-        self._distrust(spec)
+        self.facts.distrust(spec)
         if current is not None and spec.tag:
             if not spec.overwrite:
                 raise OverwriteRefusedError(f"{t}:{spec.tag}", current.digest, digest)
@@ -632,7 +421,7 @@ class CopyEngine:
             return
         # The children (one per platform) go side by side, each complete before its own
         # manifest is pushed; blobs they share are still transferred once (BlobMover).
-        await _all(
+        await gather_all(
             [self._push_child(source, targets, d.digest, counts, failures) for d in m.children]
         )
 
@@ -654,7 +443,7 @@ class CopyEngine:
         wait for it and share its outcome.
         """
         claimed, joined = self._child_pushes.split(
-            ((t.client.name, t.repository, digest), t, None) for t in targets if t not in failures
+            ((t.client.origin, t.repository, digest), t, None) for t in targets if t not in failures
         )
         with self._child_pushes.owning(
             claimed, failures, f"another push of child manifest {digest} was interrupted"
@@ -663,7 +452,7 @@ class CopyEngine:
                 await self._push_child_to(
                     source, [t for _, t, _ in claimed], digest, counts, failures
                 )
-        await _OnePerKey.join(joined, failures)
+        await OnePerKey.join(joined, failures)
 
     async def _push_child_to(
         self,

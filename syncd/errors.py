@@ -135,10 +135,34 @@ class ServerError(RegistryError):
     retryable = True
 
 
+class LayoutInvalidError(ServerError):
+    """An OCI image layout (``oci:``/``oci-archive:``) is not valid: no ``oci-layout``, bad
+    JSON, a blob that is missing or does not match its digest. The message names the file.
+
+    A ``ServerError`` so the copy engine treats an unreadable target tag as it does a
+    registry's (pushed over when the policy allows); never retried, the file will not mend.
+    """
+
+    reason = "layout_invalid"
+    retryable = False
+
+
+class LayoutIOError(ServerError):
+    """The file system refused a layout operation (permissions, no space, a file where a
+    directory must be). The message names the path."""
+
+    reason = "layout_io"
+    retryable = False
+
+
 class ClientRequestError(RegistryError):
     """Another 4xx: the request itself was refused and repeating it will not help."""
 
     reason = "request_refused"
+
+
+class CatalogUnsupportedError(ClientRequestError):
+    """The registry does not list its repositories (``/v2/_catalog`` is optional)."""
 
 
 class NetworkError(RegistryError):

@@ -17,6 +17,9 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+# The OCI artifact manifest of image-spec 1.1 release candidates (dropped from 1.1.0, but
+# stored by registries and tools of that time): copied like any manifest, blobs first.
+OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
@@ -25,7 +28,19 @@ IMAGE_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
 SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 # Sent on every manifest GET/HEAD; a registry that only knows schema1 would otherwise
 # down-convert, which changes the digest.
-ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
+ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST, OCI_ARTIFACT])
+# Layers that must not be pushed elsewhere (image-spec "non-distributable layers", Docker's
+# foreign layers of Windows base images): recognised by media type only. A descriptor's
+# ``urls`` is just an extra place to fetch from (image-spec descriptor.md), not a licence
+# to skip the blob.
+NONDISTRIBUTABLE_MARKERS = (".nondistributable.", ".foreign.")
+
+
+def is_nondistributable(media_type: str) -> bool:
+    """Whether a layer of this media type stays out of copies."""
+    return any(m in media_type for m in NONDISTRIBUTABLE_MARKERS)
+
+
 # Large enough for indexes with hundreds of platforms; small enough that a hostile
 # registry cannot make us buffer gigabytes (the spec suggests servers accept >= 4 MiB).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -173,10 +188,27 @@ def parse_manifest(raw: bytes, content_type: str = "", *, where: str = "manifest
             media_type=media_type,
             digest=digest,
             config=config,
-            # Foreign layers (Windows base images) live elsewhere and are not copied.
-            layers=tuple(d for d in (_descriptor(x, where) for x in layers) if not d.urls),
+            layers=tuple(
+                d
+                for d in (_descriptor(x, where) for x in layers)
+                if not is_nondistributable(d.media_type)
+            ),
             subject=subject,
             artifact_type=str(doc.get("artifactType") or config.media_type),
+            annotations=annotations,
+        )
+    if media_type == OCI_ARTIFACT:
+        # Opaque apart from what a copy needs: its blobs go first, like an image's layers.
+        blobs = doc.get("blobs") or []
+        if not isinstance(blobs, list):
+            raise ManifestInvalidError(f"{where}: artifact manifest 'blobs' is not a list")
+        return Manifest(
+            raw=raw,
+            media_type=media_type,
+            digest=digest,
+            layers=tuple(_descriptor(b, where) for b in blobs),
+            subject=subject,
+            artifact_type=str(doc.get("artifactType", "")),
             annotations=annotations,
         )
     raise ManifestInvalidError(f"{where}: unsupported manifest media type {media_type!r}")

@@ -93,6 +93,25 @@ class Metrics:
             ["registry"],
             registry=r,
         )
+        self.registry_concurrency = Gauge(
+            "syncd_registry_concurrency",
+            "Requests of a kind allowed in flight to a registry (adapts to 429/503 answers)",
+            ["registry", "kind"],
+            registry=r,
+        )
+        # `account` is the index of the registry's credentials when it has several, else "".
+        self.registry_quota_remaining = Gauge(
+            "syncd_registry_quota_remaining",
+            "Pulls left in a registry's current budget window (RateLimit-Remaining)",
+            ["registry", "account"],
+            registry=r,
+        )
+        self.quota_waits = Counter(
+            "syncd_quota_waits_total",
+            "Requests held back because a registry's budget was spent or it asked to wait",
+            ["registry"],
+            registry=r,
+        )
         self.target_bytes = Gauge(
             "syncd_target_bytes",
             "Unique blob bytes of the images kept at a target repository",
@@ -101,6 +120,26 @@ class Metrics:
         )
         self.referrers_copied = Counter(
             "syncd_referrers_copied_total", "Referrer artifacts copied", ["target"], registry=r
+        )
+        self.tags_deleted = Counter(
+            "syncd_tags_deleted_total",
+            "Tags deleted at a target by a rule's prune",
+            ["rule", "target"],
+            registry=r,
+        )
+        self.deletions_skipped = Counter(
+            "syncd_deletions_skipped_total",
+            "Deletions prune did not make, by reason (shared, changed, protected, ...)",
+            ["rule", "target", "reason"],
+            registry=r,
+        )
+        # 1 while the last pass of a rule held its deletions at a target back because there
+        # were more than max_deletions: the alert's signal (a counter cannot say "still").
+        self.prune_held_back = Gauge(
+            "syncd_prune_held_back",
+            "1 if the last pass held deletions back (more than max_deletions)",
+            ["rule", "target"],
+            registry=r,
         )
         self.config_reloads = Counter(
             "syncd_config_reloads_total", "Config reloads by result", ["result"], registry=r

@@ -119,3 +119,53 @@ def parse_reference(text: str, *, default_registry: str | None = None) -> Refere
     except InvalidReferenceError as e:
         raise InvalidReferenceError(f"invalid reference {text!r}: {e}") from None
     return Reference(registry, repository, tag, digest or None)
+
+
+# -- registry origins -------------------------------------------------------------------
+# Every name Docker Hub's registry answers to; the API itself is on registry-1.docker.io.
+DOCKER_HUB_ALIASES = frozenset(
+    {DOCKER_HUB, "index.docker.io", DOCKER_HUB_API, "registry.hub.docker.com"}
+)
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def split_origin(url: str) -> tuple[str, str]:
+    """``(scheme, host[:port])`` of a registry URL, normalised for comparison.
+
+    ``https://Reg.Example.com:443/``, ``reg.example.com`` and ``REG.example.com/v2/`` are
+    one origin: the host is lower-cased (DNS names are case-insensitive, RFC 4343), a
+    port that is the scheme's default is dropped (RFC 3986 section 6.2.3), and a bare
+    ``host[:port]`` means https. Never compare registry hosts as raw strings.
+    """
+    text = url.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "https", text
+    scheme = scheme.lower()
+    netloc = rest.split("/", 1)[0].rpartition("@")[2].lower()
+    host, port = netloc, ""
+    if netloc.startswith("["):  # [v6] or [v6]:port
+        end = netloc.find("]")
+        host, port = netloc[: end + 1], netloc[end + 2 :] if end >= 0 else ""
+    elif netloc.count(":") == 1:
+        host, port = netloc.split(":")
+    if port.isdigit() and _DEFAULT_PORTS.get(scheme) == int(port):
+        port = ""
+    return scheme, f"{host}:{port}" if port else host
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]``, normalised as ``split_origin`` says."""
+    scheme, host = split_origin(url)
+    return f"{scheme}://{host}"
+
+
+def is_docker_hub(host: str) -> bool:
+    """True for any of Docker Hub's names (``host`` as ``split_origin`` returns it)."""
+    return host in DOCKER_HUB_ALIASES
+
+
+def hub_repository(repository: str) -> str:
+    """A Docker Hub repository as the API names it: one component means ``library/NAME``,
+    as the Docker CLI reads ``docker pull nginx``."""
+    return repository if "/" in repository else f"library/{repository}"

@@ -25,135 +25,45 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
 from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
 from syncd.manifest import INDEX_TYPES, OCI_INDEX, Manifest, parse_manifest
-from syncd.registry.client import ManifestInfo
-
-log = logging.getLogger(__name__)
-
-# Image -> SBOM -> signature of the SBOM -> ... ; deeper chains are not followed (and a
-# cycle, impossible with content addressing but cheap to rule out, stops at the bound too).
-MAX_DEPTH = 4
-
-# cosign's legacy tags carry no artifactType; these are the types syncd gives them, for
-# ``referrers_types`` and the signature gate. ``.sig`` and ``.sbom`` use the types cosign
-# itself writes when it stores them as OCI 1.1 referrers; ``.att`` holds DSSE envelopes.
-COSIGN_SIG_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
-COSIGN_SBOM_TYPE = "application/vnd.dev.cosign.artifact.sbom.v1+json"
-COSIGN_ATT_TYPE = "application/vnd.dsse.envelope.v1+json"
-COSIGN_SUFFIXES: tuple[tuple[str, str], ...] = (
-    ("sig", COSIGN_SIG_TYPE),
-    ("att", COSIGN_ATT_TYPE),
-    ("sbom", COSIGN_SBOM_TYPE),
+from syncd.referrers_tags import (
+    COSIGN_SUFFIXES,
+    MAX_DEPTH,
+    Carried,
+    Referrer,
+    fallback_tag,
+    is_referrer_tag,
+    is_signature_type,
+    merge_fallback_index,
 )
+from syncd.registry.client import ManifestInfo
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
-# Artifact types that make an image "signed" for ``require_signature``.
-SIGNATURE_TYPES = frozenset(
-    {
-        COSIGN_SIG_TYPE,
-        # cosign's simple-signing payload, when a signature manifest is listed by its layer type
-        "application/vnd.dev.cosign.simplesigning.v1+json",
-        # Notary Project (notation) signatures, and the name its drafts used
-        "application/vnd.cncf.notary.signature",
-        "application/vnd.cncf.notary.v2.signature",
-        # Sigstore bundles (cosign 2.x/3.x with the new bundle format)
-        "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "application/vnd.dev.sigstore.bundle+json;version=0.3",
-        "application/vnd.dev.sigstore.bundle+json;version=0.2",
-        "application/vnd.dev.sigstore.bundle+json;version=0.1",
-    }
-)
-_SIGSTORE_BUNDLE_PREFIX = "application/vnd.dev.sigstore.bundle"
+__all__ = [  # with what referrers_tags holds, still imported from here
+    "COSIGN_SUFFIXES",
+    "MAX_DEPTH",
+    "Carried",
+    "Referrer",
+    "ReferrerSync",
+    "SourceReferrers",
+    "fallback_tag",
+    "is_referrer_tag",
+    "is_signature_type",
+    "merge_fallback_index",
+]
 
-_REFERRER_TAG_RE = re.compile(r"^sha256-[0-9a-f]{64}(\.(sig|att|sbom))?$")
-
-
-def is_referrer_tag(tag: str) -> bool:
-    """True for ``sha256-<64 hex>`` and ``sha256-<64 hex>.{sig,att,sbom}`` tags.
-
-    Such tags travel with the image they name, so a rule does not also copy them as images.
-    """
-    return _REFERRER_TAG_RE.match(tag) is not None
-
-
-def fallback_tag(digest: str) -> str:
-    """The referrers tag schema's tag for ``digest``: ``sha256:ab..`` -> ``sha256-ab..``."""
-    algorithm, _, hexpart = digest.partition(":")
-    return f"{algorithm}-{hexpart}"
-
-
-def is_signature_type(artifact_type: str) -> bool:
-    """Whether an artifact of this type is a signature (see ``SIGNATURE_TYPES``)."""
-    return artifact_type in SIGNATURE_TYPES or artifact_type.startswith(_SIGSTORE_BUNDLE_PREFIX)
-
-
-def merge_fallback_index(
-    existing: Manifest | None, source_index: Manifest | None, entries: Sequence[dict[str, Any]]
-) -> bytes | None:
-    """The ``sha256-<hex>`` index a target should hold, or None if it already does.
-
-    Entries already at the target are kept (another tool may have put them there) and
-    none is added twice. With no index at the target and exactly the source's referrers
-    to list, the source's bytes are used, so the tag has the same digest on both sides.
-    """
-    wanted: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        wanted.setdefault(str(e["digest"]), e)
-    if existing is not None:
-        have = {c.digest for c in existing.children}
-        new = [e for d, e in wanted.items() if d not in have]
-        if not new:
-            return None
-        doc = json.loads(existing.raw)
-        doc["manifests"] = [*(doc.get("manifests") or []), *new]
-        return json.dumps(doc, indent=2).encode()
-    if source_index is not None and [c.digest for c in source_index.children] == list(wanted):
-        return source_index.raw
-    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(wanted.values())}
-    return json.dumps(doc, indent=2).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Referrer:
-    """One artifact that refers to ``subject``, as found at the source."""
-
-    subject: str
-    digest: str
-    media_type: str
-    size: int
-    artifact_type: str
-    depth: int = 1
-    # A cosign legacy tag travels as that tag; everything else by digest only.
-    tag: str = ""
-    # The descriptor exactly as the source listed it, for the target's fallback index.
-    entry: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def reference(self) -> str:
-        """What the copy asks the source for: the cosign tag, else the digest."""
-        return self.tag or self.digest
-
-
-@dataclass(slots=True)
-class Carried:
-    """What ``SourceReferrers.carry`` did for one image."""
-
-    copied: int = 0
-    # (referrer, "target/repository") that a dry run would copy
-    planned: list[tuple[Referrer, str]] = field(default_factory=list)
-    errors: dict[str, BaseException] = field(default_factory=dict)
+log = logging.getLogger(__name__)
 
 
 class ReferrerSync:
@@ -192,13 +102,20 @@ class ReferrerSync:
             else:
                 self._carrying[key] = (lock, users - 1)
 
+    def forget_registry(self, name: str) -> None:
+        """Ask registry ``name`` about the referrers API again (a reload changed it)."""
+        self._api.pop(name, None)
+
     def for_job(self, rule: RuleConfig, source: Endpoint, tags: Collection[str]) -> SourceReferrers:
         """A view of one source repository for one job (one tag), with its own memo."""
         return SourceReferrers(self, rule, source, tags)
 
     def known_api(self, endpoint: Endpoint) -> bool | None:
-        """Whether the registry has the referrers API, if this process has asked yet."""
-        return self._api.get(endpoint.client.name)
+        """Whether the registry has the referrers API, if known (asked, or in the store)."""
+        name = endpoint.client.name
+        if name not in self._api and (stored := self.engine.facts.api_known(endpoint)) is not None:
+            self._api[name] = stored
+        return self._api.get(name)
 
     async def has_api(self, endpoint: Endpoint, digest: str) -> tuple[bool, Manifest | None]:
         """Whether the registry has the referrers API, asked once per registry.
@@ -208,15 +125,30 @@ class ReferrerSync:
         and its answer is returned so the caller need not ask again.
         """
         name = endpoint.client.name
-        known = self._api.get(name)
+        known = self.known_api(endpoint)
         if known is not None:
             return known, None
         async with self._probe:
             known = self._api.get(name)
             if known is not None:
                 return known, None
-            index = await endpoint.client.referrers(endpoint.repository, digest)
+            try:
+                index = await endpoint.client.referrers(endpoint.repository, digest)
+            except SyncdError as e:
+                # The probe is a question, not work the image needs: no image fails because
+                # of it. A refusal (4xx) is as good as "no API"; a transient failure (5xx,
+                # network) answers "no" for this image only and is asked again later.
+                log.warning(
+                    "%s: referrers API probe failed (%s); using the tag schemes",
+                    name,
+                    e,
+                    extra={"registry": name, "event": "referrers_api_probe_failed"},
+                )
+                if not e.retryable:
+                    self._api[name] = False
+                return False, None
             self._api[name] = index is not None
+            self.engine.facts.api_learnt(endpoint, index is not None)
             log.info(
                 "%s %s",
                 name,

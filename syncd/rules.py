@@ -176,6 +176,12 @@ def _any_regex(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     return lambda tag: any(r.search(tag) for r in compiled)
 
 
+def names_tag(f: TagFilter, tag: str) -> bool:
+    """Whether the filter asks for ``tag`` itself: listed by name, or matched by an
+    ``include`` pattern (not merely left through by the absence of one)."""
+    return tag in f.names or any(_regex(p).search(tag) for p in f.include)
+
+
 def select_tags(tags: Iterable[str], f: TagFilter) -> list[str]:
     """Apply ``f`` to a tag listing, in the order of the module docstring."""
     chosen = set(tags)

@@ -1,9 +1,10 @@
 """The HTTP side of ``syncd run``: metrics, health, readiness and push webhooks.
 
 The server is handed callables and knows nothing else: ``ready()`` for ``/readyz``,
-``trigger(events)`` (which returns the names of the rules it queued) for the webhooks, and
-``webhook_token()`` so a reload can change the token without a restart. It does not import
-the sync, copy or registry layers, and it knows nothing about reload.
+``trigger(events)`` (which returns the names of the rules it queued) for the webhooks,
+``webhook_token()`` so a reload can change the token without a restart, and ``status()``
+for ``/status`` (the run report of the latest pass of every rule, docs/reports.md). It does
+not import the sync, copy or registry layers, and it knows nothing about reload.
 
 Webhook requests are checked in order of cost: refused while stopping (503), then the
 bearer token (401; with no ``server.webhook_token`` configured every webhook is refused), then
@@ -14,8 +15,9 @@ triggered (202).
 from __future__ import annotations
 
 import hmac
+import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -33,13 +35,19 @@ from syncd.webhooks import (
 logger = logging.getLogger(__name__)
 
 Trigger = Callable[[Sequence[RepoEvent]], Iterable[str]]
+Status = Callable[[], Mapping[str, Any]]
 # Requests still open when the server closes get this long to finish; the daemon's own
 # shutdown bound applies to passes, not to scrapes.
 _CLOSE_GRACE_SECONDS = 2.0
 
 
 class HttpServer:
-    """``/metrics``, ``/healthz``, ``/readyz`` and ``/webhooks/{distribution,harbor}``."""
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` and ``/webhooks/{distribution,harbor}``.
+
+    ``/status`` is read-only and, like ``/metrics``, needs no credentials: it says what the
+    passes did (names, digests, counts, error messages, which carry no secrets), never how
+    to reach a registry; expose the server as deliberately as the metrics.
+    """
 
     def __init__(
         self,
@@ -48,9 +56,11 @@ class HttpServer:
         ready: Callable[[], bool],
         trigger: Trigger,
         webhook_token: Callable[[], Secret | None],
+        status: Status | None = None,
         max_body: int = MAX_BODY_BYTES,
         cluster_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self._status = status
         self._metrics = metrics
         self._ready = ready
         self._trigger = trigger
@@ -112,11 +122,13 @@ class HttpServer:
         return web.Response(text="ready\n")
 
     async def _get_status(self, request: web.Request) -> web.Response:
-        doc: dict[str, Any] = {"version": 1}
+        if self._status is None and self._cluster_status is None:
+            return _error(404, "no run reports in this process")
+        doc: dict[str, Any] = dict(self._status()) if self._status is not None else {}
         if self._cluster_status is not None:
             # In a cluster: the members and the units this replica owns.
             doc["cluster"] = self._cluster_status()
-        return web.json_response(doc)
+        return web.json_response(doc, dumps=_dumps)
 
     async def _post_distribution(self, request: web.Request) -> web.Response:
         return await self._webhook(request, "distribution", parse_distribution_events)
@@ -176,6 +188,10 @@ class HttpServer:
     def _too_large(self, fields: dict[str, object]) -> web.Response:
         logger.warning("webhook body too large", extra={**fields, "result": "too_large"})
         return _error(413, f"body larger than {self._max_body} bytes")
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:

@@ -11,89 +11,38 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
-from syncd.errors import NotFoundError, SyncdError, failure_reason
-from syncd.manifest import Descriptor
+from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
 from syncd.ownership import LOCAL, Ownership
+from syncd.plan import PlanEntry, plan_entries
+from syncd.prune import Listing, PruneOutcome, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
 from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
+from syncd.report import ImageFailure, rule_report
+from syncd.results import RulePassResult as RulePassResult
 from syncd.rules import (
     is_glob,
     is_immutable,
+    names_tag,
     repository_matches,
     select_repositories,
     select_tags,
     target_repository,
 )
+from syncd.state_sqlite import open_state
+from syncd.sync_quota import left_alone, new_tags_first
+from syncd.target_bytes import TargetBytes
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class PlanEntry:
-    """One image at one target, as ``plan`` reports it."""
-
-    rule: str
-    source: str
-    tag: str
-    source_digest: str
-    digest: str
-    target: str
-    # up_to_date | copy | overwrite_refused | filtered | failed | immutable | referrer | unsigned
-    action: str
-    missing_blobs: list[Descriptor] = field(default_factory=list)
-    missing_manifests: int = 0
-    filtered_index: bool = False
-    error: str = ""
-    referrer_type: str = ""  # action "referrer": the artifactType of what would be copied
-
-    @property
-    def missing_bytes(self) -> int:
-        return sum(b.size for b in self.missing_blobs)
-
-
-@dataclass(slots=True)
-class RulePassResult:
-    """The outcome of one pass of one rule."""
-
-    rule: str
-    synced: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    blobs_copied: int = 0
-    blobs_mounted: int = 0
-    blobs_skipped: int = 0
-    bytes_copied: int = 0
-    referrers_copied: int = 0
-    fenced: int = 0  # images not started because this replica lost its cluster lease
-    failures: list[str] = field(default_factory=list)
-    plan: list[PlanEntry] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and self.fenced == 0
-
-    def add(self, other: RulePassResult) -> None:
-        self.synced += other.synced
-        self.skipped += other.skipped
-        self.failed += other.failed
-        self.blobs_copied += other.blobs_copied
-        self.blobs_mounted += other.blobs_mounted
-        self.blobs_skipped += other.blobs_skipped
-        self.bytes_copied += other.bytes_copied
-        self.referrers_copied += other.referrers_copied
-        self.failures.extend(other.failures)
-        self.plan.extend(other.plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +65,7 @@ class Syncer:
         *,
         track_target_bytes: bool = True,
         probe_up_to_date: bool = True,
+        referrers: ReferrerSync | None = None,
     ) -> None:
         self.config = config
         self.ownership: Ownership = LOCAL  # a cluster's replaces it (syncd/ownership.py)
@@ -123,11 +73,20 @@ class Syncer:
         self.engine = engine
         self.metrics = metrics
         self.track_target_bytes = track_target_bytes
-        self.referrers = ReferrerSync(engine, metrics, probe_up_to_date=probe_up_to_date)
-        # (target, repository) -> (rule, tag) -> {blob digest: size}; for syncd_target_bytes
-        self._kept: dict[tuple[str, str], dict[tuple[str, str], dict[str, int]]] = {}
+        self.referrers = referrers or ReferrerSync(
+            engine, metrics, probe_up_to_date=probe_up_to_date
+        )
+        self.store = engine.store
+        # Whether closing this Syncer closes the store (a reload hands it to the next).
+        self.owns_store = True
+        self.pruner = Pruner(pool, engine.store, engine, metrics)
+        self._bytes = TargetBytes(engine.store)
         # Called after each image of a pass (the CLI's progress display).
         self.progress: Callable[[str, RulePassResult], None] | None = None
+
+    def inherit(self, previous: Syncer) -> None:
+        """Carry the byte accounting of targets this config still has."""
+        self._bytes.inherit(previous._bytes, self.config.registries)
 
     # -- a whole pass ----------------------------------------------------------------------
     async def run_pass(
@@ -148,28 +107,37 @@ class Syncer:
     ) -> RulePassResult:
         """One pass of one rule; ``repositories`` limits it (webhook-triggered passes)."""
         start = time.monotonic()
-        result = RulePassResult(rule.name)
+        result = RulePassResult(rule.name, started=time.time())
+        for name in rule.targets:
+            result.at(name)  # every target appears in the report, even with nothing to do
         source = self.pool.client(rule.source).with_retries(rule.retries)
+        skip = left_alone(self.pool, rule)
         try:
-            repos = await self._repositories(rule, repositories)
+            repos = [] if skip else await self._repositories(rule, repositories)
             repos = await self.ownership.select(rule.name, repos, complete=repositories is None)
         except SyncdError as e:
-            self._fail_rule(rule, result, f"listing {rule.source}: {e}", e)
+            self._fail_rule(rule, result, rule.source, e, prefix="listing ")
             repos = []
+        if skip:
+            self._fail_rule(
+                rule, result, skip.registry or rule.source, skip, prefix="pass skipped: "
+            )
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
+        # what the source answered for each repository (what prune may act on)
+        listings: list[Listing] = []
 
         async def produce() -> None:
             try:
                 for repo in repos:
                     try:
                         async for job in self._jobs(
-                            rule, source.name, repo, result, dry_run, chosen
+                            rule, source.name, repo, result, dry_run, chosen, listings
                         ):
                             await queue.put(job)
                     except SyncdError as e:
-                        self._fail_rule(rule, result, f"{rule.source}/{repo}: {e}", e)
+                        self._fail_rule(rule, result, f"{rule.source}/{repo}", e)
             finally:
                 for _ in range(rule.concurrency):
                     await queue.put(None)
@@ -185,46 +153,62 @@ class Syncer:
             tg.create_task(produce())
             for _ in range(rule.concurrency):
                 tg.create_task(work())
+        if rule.prune is not None:
+            self._take_prune(rule, result, await self.pruner.prune(rule, listings, dry_run=dry_run))
+        self.store.flush()
         result.seconds = time.monotonic() - start
+        result.finished = time.time()
         if not dry_run:
-            self._forget_unkept(rule, chosen)
+            self._bytes.forget_unkept(rule.name, chosen)
             self._finish_rule(rule, result)
         return result
 
-    def _forget_unkept(self, rule: RuleConfig, chosen: dict[tuple[str, str], set[str]]) -> None:
-        """Drop byte accounting for tags this rule no longer selects (deleted, filtered)."""
-        for key, tags in chosen.items():
-            kept = self._kept.get(key, {})
-            for rule_name, tag in list(kept):
-                if rule_name == rule.name and tag not in tags:
-                    del kept[(rule_name, tag)]
+    @staticmethod
+    def _take_prune(rule: RuleConfig, result: RulePassResult, pruned: PruneOutcome) -> None:
+        result.deleted += pruned.deleted
+        for target, n in pruned.deleted_by_target.items():
+            result.deleted_by_target[target] = result.deleted_by_target.get(target, 0) + n
+        result.notes.extend(pruned.notes)
+        result.plan.extend(
+            PlanEntry(rule.name, p.source, p.tag, "", p.digest, p.target, p.action, error=p.reason)
+            for p in pruned.planned
+        )
 
     def _fail_rule(
-        self, rule: RuleConfig, result: RulePassResult, text: str, err: BaseException
+        self,
+        rule: RuleConfig,
+        result: RulePassResult,
+        source: str,
+        err: BaseException,
+        *,
+        prefix: str = "",
     ) -> None:
+        """A listing failed: the rule (or one repository of it) could not be looked at."""
+        # A registry error names its registry already; say it once.
+        said = str(err).startswith(f"{source}:")
+        text = f"{prefix}{err}" if said else f"{prefix}{source}: {err}"
         result.failed += 1
         result.failures.append(text)
+        result.images_failed.append(ImageFailure.of(source, "", "", err))
         log.error(text, extra={"rule": rule.name, "event": "rule_error"})
-        if self.metrics:
-            for target in rule.targets:
+        for target in rule.targets:
+            result.at(target).failed += 1
+            if self.metrics:
                 self.metrics.image_failures.labels(
                     rule=rule.name, target=target, reason=failure_reason(err)
                 ).inc()
 
     def _finish_rule(self, rule: RuleConfig, result: RulePassResult) -> None:
+        # The last report of every rule outlives the process: ``syncd status`` reads it
+        # when no daemon answers.
+        self.store.save_report(rule.name, rule_report(result))
         if self.metrics:
             self.metrics.sync_duration.labels(rule=rule.name).observe(result.seconds)
             self.metrics.last_pass_failures.labels(rule=rule.name).set(result.failed)
             if result.ok:
                 self.metrics.last_success.labels(rule=rule.name).set(time.time())
             if self.track_target_bytes:
-                for (target, repo), kept in self._kept.items():
-                    unique: dict[str, int] = {}
-                    for blobs in kept.values():
-                        unique.update(blobs)
-                    self.metrics.target_bytes.labels(target=target, repository=repo).set(
-                        sum(unique.values())
-                    )
+                self._bytes.publish(self.metrics)
         log.info(
             "rule %s: %d synced, %d skipped, %d failed in %.1fs",
             rule.name,
@@ -249,8 +233,17 @@ class Syncer:
             # A webhook names repositories; keep those the rule covers.
             return sorted(r for r in only if any(repository_matches(p, r) for p in patterns))
         catalog: list[str] = []
-        if any(is_glob(p) for p in patterns):
-            catalog = await self.pool.client(rule.source).with_retries(rule.retries).catalog()
+        globs = [p for p in patterns if is_glob(p)]
+        if globs:
+            try:
+                catalog = await self.pool.client(rule.source).with_retries(rule.retries).catalog()
+            except CatalogUnsupportedError as e:
+                # Say so, instead of a rule that silently matches nothing.
+                raise CatalogUnsupportedError(
+                    f"{e.message}: rule {rule.name!r} cannot expand {', '.join(globs)}; "
+                    "list the repositories by name",
+                    status=e.status,
+                ) from None
         return select_repositories(patterns, catalog)
 
     async def _jobs(
@@ -261,6 +254,7 @@ class Syncer:
         result: RulePassResult,
         dry_run: bool,
         chosen: dict[tuple[str, str], set[str]],
+        listings: list[Listing],
     ) -> AsyncIterator[_Job]:
         source = self.pool.client(source_name).with_retries(rule.retries)
         # A repository the rule names exactly must exist; one found through a glob does.
@@ -274,18 +268,25 @@ class Syncer:
                 extra={"rule": rule.name, "repository": repo, "event": "empty_repository"},
             )
         # Referrer tags travel with their subject (syncd/referrers.py), not as images (nor
-        # are they gated as images); with both off they are tags like any other.
+        # are they gated as images). With ``referrers: false`` they are not copied at all,
+        # unless the tag filter asks for them by name or by an include pattern.
         referrer_tags = frozenset(t for t in all_tags if is_referrer_tag(t))
-        as_images = not (rule.referrers or rule.require_signature)
-        listed = all_tags if as_images else [t for t in all_tags if t not in referrer_tags]
+        carried = rule.referrers or rule.require_signature
+        listed = [
+            t
+            for t in all_tags
+            if t not in referrer_tags or (not carried and names_tag(rule.tags, t))
+        ]
         tags = select_tags(listed, rule.tags)
+        listings.append(Listing(repo, frozenset(all_tags), frozenset(tags)))
         if rule.tags.names:
             # An explicitly named tag that the source lacks is an error, not a filter.
             present = set(all_tags)
             for missing in (t for t in rule.tags.names if t not in present):
-                e = NotFoundError(f"tag {missing} not found", registry=source_name, repository=repo)
+                err = _missing_tag_error(source_name, repo, missing)
+                where = tuple((t, target_repository(rule, repo)) for t in rule.targets)
                 self._record_failure(
-                    rule, result, f"{source_name}/{repo}:{missing}", e, rule.targets
+                    rule, result, f"{source_name}/{repo}:{missing}", err, where, missing
                 )
         if dry_run:
             selected = set(tags)
@@ -295,6 +296,7 @@ class Syncer:
                         PlanEntry(rule.name, f"{source_name}/{repo}", t, "", "", "", "filtered")
                     )
         targets = tuple((name, target_repository(rule, repo)) for name in rule.targets)
+        tags = await new_tags_first(self.pool, rule, tags, targets)
         for key in targets:
             chosen.setdefault(key, set()).update(tags)
         immutable_present: dict[tuple[str, str], set[str]] = {}
@@ -308,6 +310,9 @@ class Syncer:
                 for name, trepo in targets
                 if not (is_immutable(rule, tag) and tag in immutable_present.get((name, trepo), ()))
             )
+            for name, trepo in targets:
+                if (name, trepo) not in wanted:  # immutable and present: up to date by rule
+                    result.at(name).up_to_date += 1
             if not wanted:
                 result.skipped += 1
                 if dry_run:
@@ -339,8 +344,9 @@ class Syncer:
     ) -> None:
         """``require_signature``: the image is not copied; plan says so, a pass counts it."""
         if not dry_run:
+            digest = head.digest if head else ""
             self._record_failure(
-                rule, result, f"{source}:{job.tag}", unsigned, [t for t, _ in job.targets]
+                rule, result, f"{source}:{job.tag}", unsigned, job.targets, job.tag, digest
             )
             return
         digest = head.digest if head else ""
@@ -370,6 +376,7 @@ class Syncer:
                 overwrite=rule.overwrite,
                 backup=rule.backup,
                 recheck=rule.target_recheck,
+                rule=rule.name,
             )
             for name, trepo in job.targets
         ]
@@ -413,21 +420,46 @@ class Syncer:
                 )
         # -- end referrers
         if dry_run:
-            await self._plan_entries(rule, source, job, image, specs, result)
+            entries, failed, any_copy = await plan_entries(
+                self.engine, rule, source, job.tag, job.targets, image, specs
+            )
+            result.plan.extend(entries)
+            result.failed += failed
+            if any_copy:
+                result.synced += 1
+            else:
+                result.skipped += 1
             result.plan.extend(planned)
             return
         self._account(rule, job, image, result)
         if self.progress:
             self.progress(rule.name, result)
         if self.track_target_bytes and not image.failed and image.digest:
-            await self._track_bytes(rule, source, job, image)
+            await self._bytes.track(
+                self.engine,
+                rule.name,
+                self._holder(rule, source, image),
+                job.tag,
+                job.targets,
+                image,
+            )
+
+    def _holder(self, rule: RuleConfig, source: Endpoint, image: ImageResult) -> Endpoint:
+        """Where to read an image's manifests for bookkeeping: a target that holds it, not
+        the source (Docker Hub counts manifest GETs against its pull quota)."""
+        for o in image.outcomes:
+            if o.action in ("up_to_date", "copied") and o.digest:
+                return Endpoint(self.pool.client(o.target).with_retries(rule.retries), o.repository)
+        return source
 
     def _account(
         self, rule: RuleConfig, job: _Job, image: ImageResult, result: RulePassResult
     ) -> None:
         name = f"{image.source}:{job.tag}"
         if image.error is not None:
-            self._record_failure(rule, result, name, image.error, [t for t, _ in job.targets])
+            self._record_failure(
+                rule, result, name, image.error, job.targets, job.tag, image.source_digest
+            )
             return
         copied = False
         failed = False
@@ -436,11 +468,13 @@ class Syncer:
             result.blobs_mounted += o.blobs_mounted
             result.blobs_skipped += o.blobs_skipped
             result.bytes_copied += o.bytes_copied
+            at = result.at(o.target)
+            target = f"{o.target}/{o.repository}:{job.tag}"
             event = {
                 "event": "image_copy",
                 "rule": rule.name,
                 "source": name,
-                "target": f"{o.target}/{o.repository}:{job.tag}",
+                "target": target,
                 "digest": image.digest,
                 "bytes": o.bytes_copied,
                 "seconds": round(o.seconds, 3),
@@ -448,6 +482,8 @@ class Syncer:
             }
             if o.action == "copied":
                 copied = True
+                at.copied += 1
+                at.bytes += o.bytes_copied
                 if self.metrics:
                     self.metrics.images_synced.labels(rule=rule.name, target=o.target).inc()
                 log.info(
@@ -460,7 +496,9 @@ class Syncer:
                 )
             elif o.action == "failed":
                 failed = True
+                at.failed += 1
                 assert o.error is not None
+                result.images_failed.append(ImageFailure.of(name, target, image.digest, o.error))
                 event["reason"] = failure_reason(o.error)
                 if self.metrics:
                     self.metrics.image_failures.labels(
@@ -469,6 +507,7 @@ class Syncer:
                 result.failures.append(f"{name} -> {o.target}/{o.repository}: {o.error}")
                 log.error("failed %s to %s: %s", name, event["target"], o.error, extra=event)
             else:
+                at.up_to_date += 1
                 log.debug("up to date: %s at %s", name, event["target"], extra=event)
         if failed:
             result.failed += 1
@@ -483,8 +522,11 @@ class Syncer:
         result: RulePassResult,
         name: str,
         err: BaseException,
-        targets: Iterable[str],
+        targets: Iterable[tuple[str, str]],
+        tag: str,
+        digest: str = "",
     ) -> None:
+        """An image failed before any target was tried: it failed at every target."""
         result.failed += 1
         result.failures.append(f"{name}: {err}")
         log.error(
@@ -499,80 +541,19 @@ class Syncer:
                 "reason": failure_reason(err),
             },
         )
-        if self.metrics:
-            for target in targets:
+        for target, trepo in targets:
+            result.at(target).failed += 1
+            result.images_failed.append(
+                ImageFailure.of(name, f"{target}/{trepo}:{tag}", digest, err)
+            )
+            if self.metrics:
                 self.metrics.image_failures.labels(
                     rule=rule.name, target=target, reason=failure_reason(err)
                 ).inc()
 
-    async def _track_bytes(
-        self, rule: RuleConfig, source: Endpoint, job: _Job, image: ImageResult
-    ) -> None:
-        try:
-            m = image.manifest or await self.engine.manifest(source, image.digest)
-            blobs: dict[str, int] = {}
-            for part in [m, *(await self.engine.children(source, m) if m.is_index else [])]:
-                blobs.update((b.digest, b.size) for b in part.blobs)
-        except SyncdError as e:
-            log.debug("cannot account bytes of %s: %s", image.source, e)
-            return
-        for name, trepo in job.targets:
-            self._kept.setdefault((name, trepo), {})[(rule.name, job.tag)] = blobs
 
-    async def _plan_entries(
-        self,
-        rule: RuleConfig,
-        source: Endpoint,
-        job: _Job,
-        image: ImageResult,
-        specs: Sequence[TargetSpec],
-        result: RulePassResult,
-    ) -> None:
-        filtered = bool(rule.platforms) and image.digest != image.source_digest
-
-        def entry_for(target: str, action: str) -> PlanEntry:
-            return PlanEntry(
-                rule.name,
-                str(source),
-                job.tag,
-                image.source_digest,
-                image.digest,
-                target,
-                action,
-                filtered_index=filtered,
-            )
-
-        if image.error is not None:
-            for name, trepo in job.targets:
-                entry = entry_for(f"{name}/{trepo}", "failed")
-                entry.error = str(image.error)
-                result.plan.append(entry)
-            result.failed += 1
-            return
-        any_copy = False
-        for spec, o in zip(specs, image.outcomes, strict=True):
-            entry = entry_for(f"{o.target}/{o.repository}", o.action)
-            if o.action == "failed":
-                entry.action = failure_reason(o.error) if o.error else "failed"
-                entry.error = str(o.error)
-                if entry.action != "overwrite_refused":
-                    entry.action = "failed"
-                result.failed += 1
-            elif o.action == "copy":
-                any_copy = True
-                try:
-                    m = image.manifest or await self.engine.desired(
-                        source, image.source_digest, rule.platforms
-                    )
-                    blobs, manifests = await self.engine.missing(source, spec.endpoint, m)
-                    entry.missing_blobs, entry.missing_manifests = blobs, manifests
-                except SyncdError as e:
-                    entry.action, entry.error = "failed", str(e)
-            result.plan.append(entry)
-        if any_copy:
-            result.synced += 1
-        else:
-            result.skipped += 1
+def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
+    return NotFoundError(f"tag {tag} not found", registry=registry, repository=repo)
 
 
 @asynccontextmanager
@@ -582,18 +563,53 @@ async def open_syncer(
     *,
     track_target_bytes: bool = True,
     probe_up_to_date: bool = True,
+    previous: Syncer | None = None,
 ) -> AsyncIterator[Syncer]:
-    """A Syncer with one HTTP session per registry, closed on exit.
-
+    """A Syncer with one HTTP session per registry, closed on exit;
     ``probe_up_to_date=False`` (one-shot commands): an image found up to date does not make
-    the once-per-registry referrers-API probe; see ``ReferrerSync``.
+    the once-per-registry referrers-API probe; see ``ReferrerSync``. The state store of
+    ``config.state`` is opened for the Syncer's life (``syncd.state_sqlite``).
+
+    ``previous`` (a config reload): the new Syncer keeps what that one learned: the
+    clients (sessions, tokens) of registries whose config is unchanged, the copy engine
+    (manifest and blob-location caches, and its one-copy-at-a-time bookkeeping, so a
+    pass of the old config and one of the new never copy the same tag at once), the
+    state store (unless ``state.path`` changed), the referrers-API answers and the byte
+    accounting. What was learned about a registry whose config changed is forgotten.
     """
-    async with ClientPool(config.registries, metrics=metrics) as pool:
-        yield Syncer(
-            config,
-            pool,
-            CopyEngine(metrics),
-            metrics,
-            track_target_bytes=track_target_bytes,
-            probe_up_to_date=probe_up_to_date,
-        )
+    keep = previous is not None and previous.config.state == config.state
+    syncer: Syncer | None = None
+    store = previous.store if previous is not None and keep else None
+    if store is None:
+        store = await asyncio.to_thread(open_state, config)
+    try:
+        async with ClientPool(config.registries, metrics=metrics) as pool:
+            if previous is None or not keep:
+                engine = CopyEngine(metrics, store=store)
+                referrers = None
+            else:
+                engine, referrers = previous.engine, previous.referrers
+                old = previous.pool.configs
+                for name in [n for n, reg in old.items() if config.registries.get(n) != reg]:
+                    engine.forget_registry(name)
+                    referrers.forget_registry(name)
+            if previous is not None:
+                pool.adopt(previous.pool)
+            syncer = Syncer(
+                config,
+                pool,
+                engine,
+                metrics,
+                track_target_bytes=track_target_bytes,
+                probe_up_to_date=probe_up_to_date,
+                referrers=referrers,
+            )
+            if previous is not None:
+                syncer.inherit(previous)
+                if keep:
+                    # The store is the new Syncer's now: the old one must not close it.
+                    previous.owns_store = False
+            yield syncer
+    finally:
+        if syncer.owns_store if syncer is not None else not keep:
+            store.close()

@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.registry import Registry, RegistryFactory
+from tests.helpers.zuul import ZuulFactory
+
+# Registry implementations a test may run against, by ``indirect`` parametrisation of
+# ``source``/``target``: ``@pytest.mark.parametrize("target", IMPLEMENTATIONS, indirect=True)``.
+IMPLEMENTATIONS = ("distribution", "zuul")
 
 
 @pytest.fixture
@@ -22,13 +27,33 @@ def registries(tmp_path: Path) -> Iterator[RegistryFactory]:
 
 
 @pytest.fixture
-def source(registries: RegistryFactory) -> Registry:
-    return registries()
+def zuul_registries(tmp_path: Path) -> Iterator[ZuulFactory]:
+    """A factory of fresh zuul-registry processes, stopped when the test ends."""
+    factory = ZuulFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+def _registry(request: pytest.FixtureRequest) -> Registry:
+    kind = getattr(request, "param", "distribution")
+    if kind == "zuul":
+        factory: ZuulFactory = request.getfixturevalue("zuul_registries")
+        return factory()
+    assert kind == "distribution", kind
+    return request.getfixturevalue("registries")()  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def target(registries: RegistryFactory) -> Registry:
-    return registries()
+def source(request: pytest.FixtureRequest) -> Registry:
+    """A distribution registry, or the implementation the test parametrises it with."""
+    return _registry(request)
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest) -> Registry:
+    return _registry(request)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -44,3 +69,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every tool is installed: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _private_state_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own default state store: ``syncd`` run by a test (in-process or as a
+    subprocess, which inherits the environment) must not share facts with another test."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))

@@ -26,7 +26,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -35,6 +35,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     SecretStr,
     ValidationError,
     field_validator,
@@ -47,21 +48,29 @@ from syncd.config.schema import (
     DEFAULT_INTERVAL,
     DEFAULT_LEASE_TTL,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DELETIONS,
+    DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_RETRIES,
     MIN_LEASE_TTL,
+    AccountConfig,
     ClusterConfig,
     Config,
     EtcdConfig,
+    QuotaReserve,
     RegistryConfig,
     RuleConfig,
     ServerConfig,
+    StateConfig,
     TagFilter,
+    layout_url,
 )
 from syncd.durations import parse_duration
 from syncd.errors import ConfigError, ConfigProblem, InvalidReferenceError
-from syncd.reference import validate_repository, validate_tag
+from syncd.proxy import parse_proxy_url
+from syncd.reference import is_docker_hub, split_origin, validate_repository, validate_tag
 from syncd.rules import backup_template_problem, is_glob, repository_matches, target_repository
 from syncd.secret import Secret
+from syncd.state_sqlite import default_state_path
 
 Path = tuple[str | int, ...]
 
@@ -405,7 +414,15 @@ def _v_media_type(value: str) -> str:
 
 
 def _v_url(value: str) -> str:
-    expected = "write http://HOST[:PORT], https://HOST[:PORT] or HOST[:PORT]"
+    expected = (
+        "write http://HOST[:PORT], https://HOST[:PORT], HOST[:PORT], oci:DIRECTORY or "
+        "oci-archive:FILE"
+    )
+    layout = layout_url(value)
+    if layout is not None:
+        if not layout[1].strip():
+            raise ValueError(f"{layout[0]}: needs a path, e.g. {layout[0]}:/srv/images")
+        return value
     rest = value
     if "://" in value:
         scheme, _, rest = value.partition("://")
@@ -421,6 +438,35 @@ def _v_url(value: str) -> str:
     if m is None or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
         raise ValueError(f"invalid url {_show(value)}: {expected}")
     return value
+
+
+def _v_proxy(value: SecretStr) -> SecretStr:
+    # A SecretStr: the URL may carry the proxy's password; parse errors never repeat it.
+    parse_proxy_url(value.get_secret_value())
+    return value
+
+
+def _v_reserve(value: Any) -> QuotaReserve:
+    """``quota_reserve``: a whole number of pulls, or a percentage of the budget (``10%``)."""
+    expected = "a number of pulls (e.g. 20) or a percentage of the budget (e.g. '10%')"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return QuotaReserve(float(value), percent=False)
+    if isinstance(value, str):
+        text = value.strip()
+        number = text.removesuffix("%").strip()
+        try:
+            amount = float(number)
+        except ValueError:
+            raise ValueError(f"invalid quota_reserve {_show(value)}: {expected}") from None
+        if text.endswith("%") and 0 <= amount < 100:
+            return QuotaReserve(amount, percent=True)
+        if not text.endswith("%") and amount >= 0 and amount.is_integer():
+            return QuotaReserve(amount, percent=False)
+        raise ValueError(
+            f"invalid quota_reserve {_show(value)}: a percentage from 0% to below 100%, or a "
+            "whole number of pulls"
+        )
+    raise ValueError(f"invalid quota_reserve: expected {expected}, got {_kind(value)}")
 
 
 def _v_listen(value: str) -> str:
@@ -480,19 +526,51 @@ def _unique(values: list[str]) -> list[str]:
     return values
 
 
+# Keys of a registry that mean nothing for an OCI image layout.
+_NOT_FOR_LAYOUTS = (
+    "username",
+    "password",
+    "password_file",
+    "docker_config",
+    "ca_file",
+    "tls_verify",
+    "client_cert",
+    "client_key",
+    "allow_insecure_auth",
+    "proxy",
+)
+
 NonEmpty = Annotated[str, Field(min_length=1)]
 Regex = Annotated[str, AfterValidator(_v_regex)]
-RegexList = Annotated[list[Regex], BeforeValidator(_one_or_many)]
-Duration = Annotated[float, BeforeValidator(_v_duration)]
+# ``json_schema_input_type`` says what the YAML may hold before a BeforeValidator converts
+# it, so ``syncd schema`` describes the file an operator writes, not the parsed value.
+OneOrMany = BeforeValidator(_one_or_many, json_schema_input_type=str | list[str])
+RegexList = Annotated[list[Regex], OneOrMany]
+Duration = Annotated[float, BeforeValidator(_v_duration, json_schema_input_type=float | str)]
 # A duration where 0 means "off" (a rule can switch off a default that way).
-DurationOrZero = Annotated[float, BeforeValidator(_v_duration_or_zero)]
+DurationOrZero = Annotated[
+    float, BeforeValidator(_v_duration_or_zero, json_schema_input_type=float | str)
+]
 Cron = Annotated[str, AfterValidator(_v_cron)]
 Count = Annotated[int, Field(ge=1)]
+# For the JSON Schema: a whole number of pulls, or a string such as "10%".
+Reserve = Annotated[
+    QuotaReserve,
+    PlainValidator(_v_reserve, json_schema_input_type=Annotated[int, Field(ge=0)] | str),
+]
 
 
 class _Model(BaseModel):
     # hide_input_in_errors: even a ValidationError printed by accident shows no values.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
+
+
+class AccountModel(_Model):
+    """``registries.<name>.credentials[i]``: one account of several."""
+
+    username: NonEmpty
+    password: Annotated[SecretStr, Field(min_length=1)] | None = None
+    password_file: NonEmpty | None = None
 
 
 class RegistryModel(_Model):
@@ -509,6 +587,11 @@ class RegistryModel(_Model):
     client_key: NonEmpty | None = None
     max_concurrency: Count = DEFAULT_MAX_CONCURRENCY
     allow_insecure_auth: bool = False
+    proxy: Annotated[SecretStr, Field(min_length=1), AfterValidator(_v_proxy)] | None = None
+    credentials: Annotated[list[AccountModel], Field(min_length=1)] | None = None
+    quota_reserve: Reserve | None = None
+    requests_per_second: Annotated[float, Field(gt=0)] | None = None
+    max_retry_wait: Duration | None = None
 
 
 class DefaultsModel(_Model):
@@ -519,6 +602,8 @@ class DefaultsModel(_Model):
     retries: Count | None = None
     concurrency: Count | None = None
     target_recheck: DurationOrZero | None = None
+    # Applies to registries (not rules): the default of their own max_retry_wait.
+    max_retry_wait: Duration | None = None
 
 
 class TagsModel(_Model):
@@ -536,19 +621,17 @@ class RuleModel(_Model):
 
     name: NonEmpty
     source: NonEmpty
-    targets: Annotated[
-        list[NonEmpty], BeforeValidator(_one_or_many), Field(min_length=1), AfterValidator(_unique)
-    ]
+    targets: Annotated[list[NonEmpty], OneOrMany, Field(min_length=1), AfterValidator(_unique)]
     repositories: Annotated[
         list[Annotated[str, AfterValidator(_v_repository)]],
-        BeforeValidator(_one_or_many),
+        OneOrMany,
         Field(min_length=1),
         AfterValidator(_unique),
     ]
     tags: TagsModel | None = None
     platforms: Annotated[
         list[Annotated[str, AfterValidator(_v_platform)]],
-        BeforeValidator(_one_or_many),
+        OneOrMany,
         AfterValidator(_unique),
     ] = []
     target_prefix: Annotated[str, AfterValidator(_v_prefix)] = ""
@@ -556,15 +639,16 @@ class RuleModel(_Model):
     backup: Annotated[NonEmpty, AfterValidator(_v_backup)] | None = None
     immutable_tags: RegexList = []
     referrers: bool = True
-    referrers_types: Annotated[
-        list[Annotated[str, AfterValidator(_v_media_type)]], BeforeValidator(_one_or_many)
-    ] = []
+    referrers_types: Annotated[list[Annotated[str, AfterValidator(_v_media_type)]], OneOrMany] = []
     require_signature: bool = False
     interval: Duration | None = None
     schedule: Cron | None = None
     retries: Count | None = None
     concurrency: Count | None = None
     target_recheck: DurationOrZero | None = None
+    prune: Literal["deleted", "unselected"] | None = None
+    protect: RegexList = []
+    max_deletions: Count = DEFAULT_MAX_DELETIONS
 
     @field_validator("name")
     @classmethod
@@ -576,7 +660,9 @@ class RuleModel(_Model):
             )
         return value
 
-    @field_validator("tags", mode="before")
+    @field_validator(
+        "tags", mode="before", json_schema_input_type=list[str] | str | TagsModel | None
+    )
     @classmethod
     def _tag_list(cls, value: Any) -> Any:
         # "tags: [v1, latest]" is an explicit list of tags.
@@ -590,6 +676,12 @@ class ServerModel(_Model):
 
     listen: Annotated[NonEmpty, AfterValidator(_v_listen)] | None = None
     webhook_token: Annotated[SecretStr, Field(min_length=1)] | None = None
+
+
+class StateModel(_Model):
+    """``state``: the file of the state store, or ``none``."""
+
+    path: NonEmpty | None = None
 
 
 class EtcdModel(_Model):
@@ -628,6 +720,7 @@ class ConfigModel(_Model):
     defaults: DefaultsModel | None = None
     rules: Annotated[list[RuleModel], Field(min_length=1)]
     server: ServerModel | None = None
+    state: StateModel | None = None
     cluster: ClusterModel | None = None
 
 
@@ -638,10 +731,14 @@ def _model_at(loc: Path) -> type[BaseModel] | None:
             return ConfigModel
         case ("registries", _):
             return RegistryModel
+        case ("registries", _, "credentials", int()):
+            return AccountModel
         case ("defaults",):
             return DefaultsModel
         case ("server",):
             return ServerModel
+        case ("state",):
+            return StateModel
         case ("cluster",):
             return ClusterModel
         case ("cluster", "etcd"):
@@ -694,6 +791,8 @@ def _error_message(err: ErrorDetails) -> str:
             return "must not be empty"
         case "greater_than_equal":
             return f"must be at least {ctx.get('ge')}"
+        case "greater_than":
+            return f"must be more than {ctx.get('gt')}"
         case "value_error":
             return str(err["msg"]).removeprefix("Value error, ")
     return str(err["msg"])
@@ -857,6 +956,8 @@ class _Loader:
             )
         if not isinstance(reg, dict):
             return
+        if self._check_layout(path, reg):
+            return
         if "password" in reg and "password_file" in reg:
             self.add(
                 (*path, "password_file"),
@@ -868,20 +969,76 @@ class _Loader:
             self.add((*path, which), "a password needs a username", at_key=True)
         if "client_key" in reg and "client_cert" not in reg:
             self.add((*path, "client_key"), "client_key needs client_cert", at_key=True)
-        self._check_files(path, reg)
-
-    def _check_files(self, path: Path, section: dict[str, Any]) -> None:
         for key in ("password_file", "ca_file", "client_cert", "client_key"):
-            if not self.check_files:
-                break
-            value = section.get(key)
-            if not isinstance(value, str) or not value or (*path, key) in self.doc.broken:
+            self._check_file(path, reg, key)
+        self._check_accounts(path, reg)
+
+    def _check_accounts(self, path: Path, reg: dict[str, Any]) -> None:
+        """``credentials``: instead of the single-account keys; each entry one secret."""
+        accounts = reg.get("credentials")
+        if not isinstance(accounts, list):
+            return
+        for key in ("username", "password", "password_file", "docker_config"):
+            if key in reg:
+                self.add(
+                    (*path, key),
+                    f"set either credentials (several accounts) or {key}, not both",
+                    at_key=True,
+                )
+        for i, entry in enumerate(accounts):
+            if not isinstance(entry, dict):
                 continue
-            full = self._resolve(value)
+            where = (*path, "credentials", i)
+            if "password" in entry and "password_file" in entry:
+                self.add(
+                    (*where, "password_file"),
+                    "set either password or password_file, not both",
+                    at_key=True,
+                )
+            elif "password" not in entry and "password_file" not in entry:
+                self.add(where, "an account needs a password or a password_file")
+            self._check_file(where, entry, "password_file")
+
+    def _check_file(self, path: Path, section: dict[str, Any], key: str) -> None:
+        value = section.get(key)
+        if not self.check_files or not isinstance(value, str) or not value:
+            return
+        if (*path, key) in self.doc.broken:
+            return
+        full = self._resolve(value)
+        if not os.path.isfile(full):
+            self.add((*path, key), f"{key} {_show(value)} does not exist or is not a file")
+        elif not os.access(full, os.R_OK):
+            self.add((*path, key), f"{key} {_show(value)} is not readable")
+
+    def _check_layout(self, path: Path, reg: dict[str, Any]) -> bool:
+        """A layout url: no credential or TLS keys; an archive must exist. True if a layout."""
+        url = reg.get("url")
+        layout = layout_url(url) if isinstance(url, str) else None
+        if layout is None:
+            return False
+        kind, where = layout
+        for key in _NOT_FOR_LAYOUTS:
+            if key in reg:
+                self.add(
+                    (*path, key),
+                    f"{key} does not apply to an OCI image layout ({kind}:): a layout is read "
+                    "from and written to the file system, with no credentials or TLS",
+                    at_key=True,
+                )
+        if not self.check_files or not where.strip() or (*path, "url") in self.doc.broken:
+            return True
+        full = self._resolve(where)
+        if kind == "oci-archive":
             if not os.path.isfile(full):
-                self.add((*path, key), f"{key} {_show(value)} does not exist or is not a file")
+                self.add(
+                    (*path, "url"), f"oci-archive {_show(where)} does not exist or is not a file"
+                )
             elif not os.access(full, os.R_OK):
-                self.add((*path, key), f"{key} {_show(value)} is not readable")
+                self.add((*path, "url"), f"oci-archive {_show(where)} is not readable")
+        elif os.path.exists(full) and not os.path.isdir(full):
+            self.add((*path, "url"), f"oci: {_show(where)} exists and is not a directory")
+        return True
 
     def _check_etcd(self, etcd: dict[str, Any]) -> None:
         path: Path = ("cluster", "etcd")
@@ -915,7 +1072,8 @@ class _Loader:
                     f"{tls_keys[0]} needs https:// endpoints",
                     at_key=True,
                 )
-        self._check_files(path, etcd)
+        for key in ("password_file", "ca_file", "client_cert", "client_key"):
+            self._check_file(path, etcd, key)
 
     def _interval_and_schedule(self, path: Path, section: dict[str, Any]) -> None:
         if "interval" in section and "schedule" in section:
@@ -945,6 +1103,7 @@ class _Loader:
         source = rule.get("source")
         if isinstance(source, str) and source and isinstance(registries, dict):
             self._known_registry((*path, "source"), source, names)
+            self._no_catalog(path, rule, registries.get(source), source)
         targets = rule.get("targets")
         target_paths: list[tuple[Path, str]] = []
         if isinstance(targets, str):
@@ -958,6 +1117,7 @@ class _Loader:
                 continue
             if isinstance(registries, dict):
                 self._known_registry(tpath, target, names)
+                self._writable_target(tpath, target, registries)
             if not isinstance(source, str) or not self._same_registry(registries, source, target):
                 continue
             if not prefix.strip("/"):
@@ -971,6 +1131,39 @@ class _Loader:
                 )
             else:
                 self._copies_of_copies(path, rule, target, prefix)
+
+    def _writable_target(self, path: Path, target: str, registries: dict[str, Any]) -> None:
+        reg = registries.get(target)
+        url = reg.get("url") if isinstance(reg, dict) else None
+        layout = layout_url(url) if isinstance(url, str) else None
+        if layout is not None and layout[0] == "oci-archive":
+            self.add(
+                path,
+                f"registry {target!r} is an oci-archive, which syncd only reads: it can be a "
+                "source, not a target (write to an oci: directory instead)",
+            )
+
+    def _no_catalog(self, path: Path, rule: dict[str, Any], reg: Any, source: str) -> None:
+        """A glob needs the source's catalog. Docker Hub has none (known without asking);
+        other registries without one are found out by ``plan``/``once``."""
+        url = reg.get("url") if isinstance(reg, dict) else None
+        if not isinstance(url, str) or not is_docker_hub(split_origin(url)[1]):
+            return
+        repos = rule.get("repositories")
+        patterns = [repos] if isinstance(repos, str) else repos if isinstance(repos, list) else []
+        for j, pattern in enumerate(patterns):
+            if isinstance(pattern, str) and is_glob(pattern):
+                where = (
+                    (*path, "repositories", j)
+                    if isinstance(repos, list)
+                    else (*path, "repositories")
+                )
+                self.add(
+                    where,
+                    f"registry {source!r} is Docker Hub, which does not list its repositories "
+                    f"(no catalog): {_show(pattern)} cannot be expanded; list the "
+                    "repositories by name",
+                )
 
     def _known_registry(self, path: Path, name: str, names: list[str]) -> None:
         if name in names:
@@ -991,7 +1184,7 @@ class _Loader:
             url = reg.get("url") if isinstance(reg, dict) else None
             if not isinstance(url, str):
                 return False
-            urls.append(RegistryConfig(name=name, url=url).base_url.lower())
+            urls.append(RegistryConfig(name=name, url=url).base_url)
         return urls[0] == urls[1]
 
     def _copies_of_copies(self, path: Path, rule: dict[str, Any], target: str, prefix: str) -> None:
@@ -1025,11 +1218,18 @@ class _Loader:
 
     # -- result ------------------------------------------------------------------------
 
+    def _layout_url(self, url: str) -> str:
+        """A layout's path taken from the config file's directory, like every file."""
+        layout = layout_url(url)
+        return url if layout is None else f"{layout[0]}:{self._resolve(layout[1])}"
+
     def build(self, model: ConfigModel) -> Config:
+        defaults = model.defaults or DefaultsModel()
+        retry_wait = defaults.max_retry_wait or DEFAULT_MAX_RETRY_WAIT
         registries = {
             name: RegistryConfig(
                 name=name,
-                url=reg.url,
+                url=self._layout_url(reg.url),
                 username=reg.username,
                 password=Secret(reg.password.get_secret_value()) if reg.password else None,
                 password_file=self._resolve(reg.password_file) if reg.password_file else None,
@@ -1040,10 +1240,25 @@ class _Loader:
                 client_key=self._resolve(reg.client_key) if reg.client_key else None,
                 max_concurrency=reg.max_concurrency,
                 allow_insecure_auth=reg.allow_insecure_auth,
+                proxy=parse_proxy_url(
+                    reg.proxy.get_secret_value(), origin=f"registries.{name}.proxy"
+                )
+                if reg.proxy
+                else None,
+                credentials=tuple(
+                    AccountConfig(
+                        a.username,
+                        Secret(a.password.get_secret_value()) if a.password else None,
+                        self._resolve(a.password_file) if a.password_file else None,
+                    )
+                    for a in reg.credentials or ()
+                ),
+                quota_reserve=reg.quota_reserve,
+                requests_per_second=reg.requests_per_second,
+                max_retry_wait=reg.max_retry_wait or retry_wait,
             )
             for name, reg in model.registries.items()
         }
-        defaults = model.defaults or DefaultsModel()
         rules = tuple(_rule(r, defaults) for r in model.rules)
         server = model.server or ServerModel()
         cluster = self._cluster(model.cluster) if model.cluster else None
@@ -1057,6 +1272,7 @@ class _Loader:
                 if server.webhook_token
                 else None,
             ),
+            state=StateConfig(path=self._state_path(model.state)),
             cluster=cluster,
         )
 
@@ -1083,6 +1299,14 @@ class _Loader:
             lease_ttl=c.lease_ttl,
             expected_members=c.expected_members,
         )
+
+    def _state_path(self, state: StateModel | None) -> str | None:
+        path = state.path if state else None
+        if path is None:
+            return default_state_path(self.environ)
+        if path.lower() == "none":
+            return None
+        return self._resolve(path)
 
 
 def _rule(r: RuleModel, d: DefaultsModel) -> RuleConfig:
@@ -1124,6 +1348,9 @@ def _rule(r: RuleModel, d: DefaultsModel) -> RuleConfig:
         target_recheck=(
             r.target_recheck if r.target_recheck is not None else d.target_recheck or 0.0
         ),
+        prune=r.prune,
+        protect=tuple(r.protect),
+        max_deletions=r.max_deletions,
     )
 
 

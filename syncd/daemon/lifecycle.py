@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
@@ -34,6 +34,7 @@ from syncd.daemon.reload import ConfigWatcher, fingerprint
 from syncd.daemon.scheduler import PassOutcome, Scheduler
 from syncd.errors import ConfigError
 from syncd.metrics import Metrics
+from syncd.report import rule_report, run_report
 from syncd.rules import rules_for_repository
 from syncd.secret import Secret
 from syncd.server import HttpServer, Trigger
@@ -49,7 +50,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
-SyncerFactory = Callable[[Config, Metrics], AbstractAsyncContextManager[Syncer]]
+# (config, metrics, previous syncer or None): the previous one hands over what it learned.
+SyncerFactory = Callable[..., AbstractAsyncContextManager[Syncer]]
 
 
 def parse_listen(text: str) -> tuple[str | None, int]:
@@ -100,13 +102,19 @@ class _SyncerSlot:
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def open(cls, factory: SyncerFactory, config: Config, metrics: Metrics) -> _SyncerSlot:
+    async def open(
+        cls,
+        factory: SyncerFactory,
+        config: Config,
+        metrics: Metrics,
+        previous: Syncer | None = None,
+    ) -> _SyncerSlot:
         slot = cls()
         opened: asyncio.Future[Syncer] = asyncio.get_running_loop().create_future()
 
         async def hold() -> None:
             try:
-                async with factory(config, metrics) as syncer:
+                async with factory(config, metrics, previous=previous) as syncer:
                     opened.set_result(syncer)
                     await slot.release.wait()
             except asyncio.CancelledError:
@@ -182,6 +190,8 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._watcher: ConfigWatcher | None = None
         self._replica: Replica | None = None
+        # rule name -> the run report entry of its latest finished pass, for GET /status
+        self._reports: dict[str, dict[str, Any]] = {}
 
     # -- the whole life -----------------------------------------------------------------
     async def serve(self) -> int:
@@ -218,6 +228,7 @@ class Daemon:
             trigger=trigger,
             webhook_token=self._webhook_token,
             cluster_status=self._replica.status if self._replica else None,
+            status=self.status,
         )
         try:
             await server.start(host, port)
@@ -350,7 +361,18 @@ class Daemon:
         slot = self._syncer
         assert slot is not None
         async with slot.use() as syncer:
-            return await syncer.run_rule(rule, repositories=repositories)
+            result = await syncer.run_rule(rule, repositories=repositories)
+        report = rule_report(result)
+        if repositories is not None:
+            # A webhook-triggered pass looked only at the pushed repositories.
+            report["repositories"] = sorted(repositories)
+        self._reports[rule.name] = report
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """The run report of the latest finished pass of every rule of the current config."""
+        rules = self._config.rules if self._config else ()
+        return run_report(self._reports[r.name] for r in rules if r.name in self._reports)
 
     def _ready(self) -> bool:
         # In a cluster, also a live lease: a fenced replica copies nothing.
@@ -370,7 +392,12 @@ class Daemon:
             self._on_config(new)
         if new.registries != old.registries:
             # Open the new sessions first: if that fails the old config stays in force.
-            fresh = await _SyncerSlot.open(self._syncer_factory, new, self._metrics)
+            # The new syncer takes over the old one's sessions, tokens, caches and
+            # in-flight copy bookkeeping (see open_syncer), so nothing learned is lost
+            # and passes of both configs never copy one tag at the same time.
+            fresh = await _SyncerSlot.open(
+                self._syncer_factory, new, self._metrics, self._syncer.syncer
+            )
             previous, self._syncer = self._syncer, fresh
             previous.retire()
             self._retired.add(previous)

@@ -16,10 +16,25 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from syncd.digest import digest_of
-from syncd.errors import DigestMismatchError, ServerError
+from syncd.errors import (
+    CatalogUnsupportedError,
+    DigestMismatchError,
+    ManifestInvalidError,
+    NotFoundError,
+    RegistryError,
+    ServerError,
+)
 from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
+from syncd.reference import TAG_RE, hub_repository, is_docker_hub, split_origin
 from syncd.registry.auth import repository_scope
-from syncd.registry.transport import BodyFactory, Request, Response, Transport, redact_url
+from syncd.registry.transport import (
+    BodyFactory,
+    Request,
+    Response,
+    Transport,
+    parse_oci_errors,
+    redact_url,
+)
 
 # 1 MiB keeps per-chunk Python overhead (hashing, queueing) small against the bytes moved
 # while bounding memory per stream.
@@ -27,7 +42,14 @@ CHUNK_SIZE = 1024 * 1024
 _PAGE_SIZE = 1000
 # A registry that keeps handing out `next` links must not hold us forever.
 _MAX_PAGES = 10_000
+# First-page answers that mean "this registry has no referrers API": 404 is what the spec
+# leaves to registries without it (distribution-spec "Listing Referrers"); 400, 405 and
+# 406 are what real ones send for a path they do not route or an Accept they refuse.
+NO_REFERRERS_API = (400, 404, 405, 406)
 _LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+# A POST without a body still states its length: CherryPy-based registries (zuul-registry)
+# answer 411 Length Required otherwise (RFC 9110 section 8.6 lets a server insist).
+_EMPTY_BODY = {"Content-Length": "0"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +72,27 @@ class RegistryClient:
     def __init__(self, transport: Transport, *, retries: int = 0) -> None:
         self.transport = transport
         self._attempts = retries
+        self._hub = is_docker_hub(split_origin(transport.base_url)[1])
+
+    def wire(self, repository: str) -> str:
+        """The repository as this registry's API names it: on Docker Hub a one-component
+        name is an official image, ``library/NAME``. Callers keep the operator's spelling
+        (metrics, logs, reports); only requests use this one."""
+        return hub_repository(repository) if self._hub else repository
+
+    @property
+    def origin(self) -> str:
+        """The registry's normalised origin: equal for two clients of one registry."""
+        return self.transport.origin
 
     @property
     def name(self) -> str:
         return self.transport.name
+
+    @property
+    def max_concurrency(self) -> int:
+        """Parallel connections to this registry (``max_concurrency``)."""
+        return self.transport.max_concurrency
 
     @property
     def host(self) -> str:
@@ -78,6 +117,7 @@ class RegistryClient:
     # -- manifests ---------------------------------------------------------------------
     async def manifest_head(self, repository: str, reference: str) -> ManifestInfo | None:
         """Digest, type and size of a manifest, or None if the tag/digest is absent."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "HEAD",
@@ -105,6 +145,7 @@ class RegistryClient:
         self, repository: str, reference: str, *, absent_ok: bool = False
     ) -> Manifest:
         """The exact manifest bytes, parsed, with the digest checked two ways."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "GET",
@@ -128,6 +169,7 @@ class RegistryClient:
         self, repository: str, reference: str, raw: bytes, media_type: str
     ) -> str:
         """PUT the exact bytes; returns the digest, verified against what the registry says."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "PUT",
@@ -150,9 +192,30 @@ class RegistryClient:
             )
         return reported
 
+    async def manifest_delete(self, repository: str, digest: str) -> bool:
+        """Delete the manifest ``digest``; False if the repository did not have it.
+
+        Distribution deletes only by digest (a tag answers 400 DIGEST_INVALID), and the
+        deletion removes every tag of the repository that points at it (distribution
+        docs, "Deleting an Image"): callers check the other tags first. A registry with
+        deletes turned off answers 405 UNSUPPORTED, raised as ``ClientRequestError``.
+        """
+        resp = await self._send(
+            Request(
+                "DELETE",
+                f"/v2/{repository}/manifests/{digest}",
+                repository=repository,
+                expect=(202, 200),
+                absent=(404,),
+                scopes=(repository_scope(repository, "delete"),),
+            )
+        )
+        return resp.status != 404
+
     # -- blobs -------------------------------------------------------------------------
     async def blob_head(self, repository: str, digest: str) -> int | None:
         """The blob's size if the repository has it, else None."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "HEAD",
@@ -171,6 +234,7 @@ class RegistryClient:
         self, repository: str, digest: str, *, size: int = 0, offset: int = 0
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Stream a blob in chunks of up to ``CHUNK_SIZE``; never holds it whole."""
+        repository = self.wire(repository)
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         req = Request(
             "GET",
@@ -196,34 +260,51 @@ class RegistryClient:
             )
         return urljoin(resp.url, loc)
 
+    @property
+    def can_mount(self) -> bool:
+        """False once the registry refused a cross-repository mount as unsupported."""
+        return "mount" not in self.transport.lacks
+
     async def blob_mount(self, repository: str, digest: str, from_repository: str) -> str | None:
         """Ask the registry to mount a blob from another repository.
 
         Returns None when mounted (201). When the registry declines it opens an upload
         session instead (202); its location is returned so the upload can use it directly.
+        A registry without mounts (zuul-registry answers 404 to the ``mount`` query; the
+        distribution spec makes mounting optional) gets a plain upload session, and no
+        mount is asked of it again.
         """
+        repository = self.wire(repository)
+        from_repository = self.wire(from_repository)
         resp = await self._send(
             Request(
                 "POST",
                 f"/v2/{repository}/blobs/uploads/",
                 repository=repository,
                 query=(("mount", digest), ("from", from_repository)),
+                headers=_EMPTY_BODY,
                 expect=(201, 202),
+                absent=(404, 405),
                 scopes=(
                     repository_scope(repository, "pull,push"),
                     repository_scope(from_repository, "pull"),
                 ),
             )
         )
+        if resp.status in (404, 405):
+            self.transport.lacks.add("mount")
+            return await self.upload_start(repository)
         return None if resp.status == 201 else self._location(resp)
 
     async def upload_start(self, repository: str) -> str:
         """POST a new upload session; returns its absolute location."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "POST",
                 f"/v2/{repository}/blobs/uploads/",
                 repository=repository,
+                headers=_EMPTY_BODY,
                 expect=(202,),
                 scopes=(repository_scope(repository, "pull,push"),),
             )
@@ -239,6 +320,7 @@ class RegistryClient:
         body: BodyFactory | bytes | None = None,
     ) -> None:
         """Finish an upload: a monolithic streamed PUT (or an empty one after PATCHes)."""
+        repository = self.wire(repository)
         sep = "&" if "?" in location else "?"
         await self._send(
             Request(
@@ -273,6 +355,7 @@ class RegistryClient:
         here: a PATCH that broke part-way may have left bytes in the session, so only the
         copy engine, after asking ``upload_status``, knows where to go on.
         """
+        repository = self.wire(repository)
         size = len(chunk) if isinstance(chunk, bytes) else length
         if size is None:
             raise ValueError("a streamed chunk needs its length")
@@ -297,6 +380,7 @@ class RegistryClient:
 
     async def upload_status(self, repository: str, location: str) -> tuple[int, str]:
         """How many bytes an upload session holds (``Range: 0-N``), and its location."""
+        repository = self.wire(repository)
         resp = await self._send(
             Request(
                 "GET",
@@ -313,6 +397,7 @@ class RegistryClient:
         return offset, urljoin(resp.url, loc) if loc else location
 
     async def upload_cancel(self, repository: str, location: str) -> None:
+        repository = self.wire(repository)
         await self._send(
             Request(
                 "DELETE",
@@ -331,7 +416,10 @@ class RegistryClient:
     ) -> list[str]:
         out: list[str] = []
         next_path: str | None = path
-        query: tuple[tuple[str, str], ...] = (("n", str(_PAGE_SIZE)),)
+        query: tuple[tuple[str, str], ...] = ()
+        if "page_size" not in self.transport.lacks:
+            query = (("n", str(_PAGE_SIZE)),)
+        dropped_n = False
         for _ in range(_MAX_PAGES):
             if next_path is None:
                 return out
@@ -342,11 +430,30 @@ class RegistryClient:
                     repository=repository,
                     query=query,
                     scopes=(scope,) if scope else (),
+                    # With our page size the 404 body is read: it tells a missing
+                    # repository (an OCI error code) from a registry that does not know
+                    # the ``n`` parameter (zuul-registry's plain 404 page).
+                    expect=(200, 404) if query else (200,),
                     absent=(404,) if missing_ok else (),
                 )
             )
+            if resp.status == 404 and query and not _oci_error(resp.body):
+                query, dropped_n = (), True
+                continue
+            if dropped_n and resp.status == 200:
+                self.transport.lacks.add("page_size")
             if resp.status == 404:
-                return out
+                if missing_ok:
+                    return out
+                raise NotFoundError(
+                    "not found",
+                    registry=self.name,
+                    repository=repository,
+                    method="GET",
+                    url=redact_url(resp.url),
+                    status=404,
+                    details=parse_oci_errors(resp.body),
+                )
             try:
                 items = json.loads(resp.body).get(key) or []
             except (ValueError, AttributeError) as e:
@@ -372,19 +479,39 @@ class RegistryClient:
         A repository that does not exist is an empty list, or with ``missing_ok=False`` a
         ``NotFoundError`` (a source repository a rule names exactly must exist).
         """
-        return await self._paginate(
+        repository = self.wire(repository)
+        names = await self._paginate(
             f"/v2/{repository}/tags/list",
             "tags",
             repository,
             repository_scope(repository, "pull"),
             missing_ok=missing_ok,
         )
+        # Only tag-shaped names (distribution spec, "Pulling manifests"): zuul-registry
+        # lists a manifest pushed by digest (an index's child) as a "tag" ``sha256:…``,
+        # which is no tag and must not be copied as one.
+        return [n for n in names if TAG_RE.match(n)]
 
     async def catalog(self) -> list[str]:
         """Every repository of the registry, through ``_catalog`` pagination."""
-        return await self._paginate(
-            "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
-        )
+        try:
+            return await self._paginate(
+                "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
+            )
+        except RegistryError as e:
+            # Docker Hub, GHCR, zuul-registry have none: 404 or 405 for the path, or the
+            # spec's UNSUPPORTED code, which some send in a 401 (whose words are in the
+            # message rather than in ``details``).
+            unsupported = any(d.code == "UNSUPPORTED" for d in e.details) or (
+                "UNSUPPORTED" in e.message
+            )
+            if not unsupported and e.status not in (404, 405):
+                raise
+            raise CatalogUnsupportedError(
+                f"registry {self.name!r} does not list its repositories (GET /v2/_catalog "
+                f"answered {e.status}{' UNSUPPORTED' if unsupported else ''})",
+                status=e.status,
+            ) from None
 
     # -- referrers ---------------------------------------------------------------------
     async def referrers(
@@ -393,12 +520,14 @@ class RegistryClient:
         """The OCI 1.1 referrers of ``digest`` as one index, or None without the API.
 
         ``GET /v2/<name>/referrers/<digest>`` (distribution-spec 1.1 "Listing Referrers").
-        A registry that implements it must not answer 404, so a 404 means "no referrers
-        API here" and the caller falls back on the referrers tag schema. Pages (``Link``
+        A registry that implements it must not answer 404, so a 404 (or 400/405/406, or a
+        first page that is not an image index) means "no referrers API here" and the
+        caller falls back on the referrers tag schema. Pages (``Link``
         ``rel="next"``) are merged into one index. With ``artifact_type`` the filter is
         asked of the server; a server that did not apply it (no ``artifactType`` in
         ``OCI-Filters-Applied``) is filtered here, so the answer is the same either way.
         """
+        repository = self.wire(repository)
         path = f"/v2/{repository}/referrers/{digest}"
         query: tuple[tuple[str, str], ...] = (
             (("artifactType", artifact_type),) if artifact_type else ()
@@ -415,18 +544,25 @@ class RegistryClient:
                     query=query,
                     headers={"Accept": OCI_INDEX},
                     # Only the first page may say "no API"; a later 404 is a broken server.
-                    absent=(404,) if page == 0 else (),
+                    absent=NO_REFERRERS_API if page == 0 else (),
                     scopes=(repository_scope(repository, "pull"),),
                     max_body=MAX_MANIFEST_BYTES,
                 )
             )
-            if resp.status == 404:
+            if resp.status in NO_REFERRERS_API:
                 return None
             where = f"{self.name}/{repository} referrers of {digest}"
-            index = parse_manifest(resp.body, OCI_INDEX, where=where)
-            if not index.is_index:
+            try:
+                index = parse_manifest(resp.body, OCI_INDEX, where=where)
+            except ManifestInvalidError:
+                index = None
+            if index is None or not index.is_index:
+                if page == 0:
+                    # A 200 that is not an image index (an HTML page, a registry UI,
+                    # ``{}``): not the API, as go-containerregistry also reads it.
+                    return None
                 raise ServerError(
-                    f"referrers answer is {index.media_type}, not an index",
+                    "referrers answer is not an image index",
                     registry=self.name,
                     repository=repository,
                 )
@@ -458,6 +594,15 @@ class RegistryClient:
             {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=2
         ).encode()
         return parse_manifest(raw, OCI_INDEX, where=f"{self.name}/{repository} referrers")
+
+
+def _oci_error(body: bytes) -> bool:
+    """Whether a body is a distribution-spec error document (``{"errors": [...]}``)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("errors"), list)
 
 
 def _with_attempts(req: Request, attempts: int) -> Request:

@@ -30,6 +30,7 @@ from typing import Any
 
 from syncd.config.schema import RegistryConfig
 from syncd.errors import AuthError
+from syncd.reference import DOCKER_HUB_ALIASES, split_origin
 from syncd.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,7 @@ log = logging.getLogger(__name__)
 # Docker Hub answers to several names; the Docker CLI files its credentials under the
 # legacy index URL, so every alias must find that entry (and the other way round).
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
-_DOCKER_HUB_ALIASES = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
+_DOCKER_HUB_ALIASES = DOCKER_HUB_ALIASES
 # A Username of "<token>" in a helper reply means the Secret is an identity token
 # (docker-credential-helpers, credentials.Credentials / client.Get).
 IDENTITY_TOKEN_USERNAME = "<token>"  # noqa: S105 (a marker, not a secret)
@@ -79,12 +78,8 @@ def normalize_host(server: str) -> str:
 
     Docker Hub's aliases all map to ``docker.io`` so that they match one another.
     """
-    host = server.strip()
-    for prefix in ("https://", "http://"):
-        if host.lower().startswith(prefix):
-            host = host[len(prefix) :]
-            break
-    host = host.split("/", 1)[0].lower()
+    # Normalised like every registry origin: lower case, the scheme's default port dropped.
+    host = split_origin(server)[1]
     return "docker.io" if host in _DOCKER_HUB_ALIASES else host
 
 
@@ -444,6 +439,18 @@ def _helper_message(out: bytes, err: bytes) -> str:
             continue
         return text.splitlines()[0][:200]
     return ""
+
+
+def account_sources(reg: RegistryConfig) -> list[CredentialSource]:
+    """One source per account of ``credentials`` (used in turn), else the single source."""
+    if not reg.credentials:
+        return [credential_source(reg)]
+    return [
+        StaticSource(reg.name, Credentials(a.username, a.password))
+        if a.password
+        else PasswordFileSource(reg.name, a.username, a.password_file or "")
+        for a in reg.credentials
+    ]
 
 
 def credential_source(reg: RegistryConfig) -> CredentialSource:

@@ -32,17 +32,20 @@ from syncd import USER_AGENT
 from syncd.errors import (
     AuthError,
     ClientRequestError,
-    NetworkError,
     NotFoundError,
     OCIErrorDetail,
     RateLimitedError,
     RegistryError,
     ServerError,
     SyncdError,
-    TLSError,
 )
+from syncd.reference import origin
 from syncd.registry.auth import Authenticator, parse_challenge
 from syncd.registry.bodies import read_capped
+from syncd.registry.limits import RegistryLimits, Slot
+from syncd.registry.neterrors import PROXY_REFUSED, network_error
+from syncd.registry.proxying import ProxyRoute
+from syncd.registry.ratelimit import parse_retry_after
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -57,8 +60,6 @@ MAX_READ_BODY = 8 * 1024 * 1024
 # Sized for registry restarts and brief overloads: 0.25 s doubling to 10 s with jitter.
 _BACKOFF_INITIAL = 0.25
 _BACKOFF_MAX = 10.0
-# A Retry-After beyond this is treated as "not now": fail and let the next pass retry.
-_MAX_RETRY_AFTER = 120.0
 # How long a failed /v2/ ping (after its retries) is the answer for other requests: the
 # jobs queued behind it in one pass, not the next pass of a daemon.
 _PING_FAILURE_TTL = 5.0
@@ -118,49 +119,6 @@ def parse_oci_errors(body: bytes) -> tuple[OCIErrorDetail, ...]:
         return (OCIErrorDetail("", text),) if text else ()
 
 
-# OpenSSL alert names a server sends when it wants a (valid) client certificate.
-_CLIENT_CERT_ALERTS = ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "UNKNOWN_CA", "HANDSHAKE_FAILURE")
-
-
-def _tls_alert(e: BaseException) -> str | None:
-    """The OpenSSL reason (e.g. ``SSLV3_ALERT_BAD_CERTIFICATE``) behind a connection error."""
-    seen: BaseException | None = e
-    for _ in range(5):  # a short cause chain; bounded against cycles
-        if seen is None:
-            return None
-        if isinstance(seen, ssl_module.SSLError):
-            return str(seen.reason or seen)
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def _quota(value: str | None) -> tuple[int, int] | None:
-    """A Docker Hub quota header, ``76;w=21600``, as (count, window seconds)."""
-    if not value:
-        return None
-    head, _, params = value.partition(";")
-    try:
-        count = int(head.strip())
-    except ValueError:
-        return None
-    window = 0
-    for param in params.split(";"):
-        key, _, val = param.strip().partition("=")
-        if key == "w" and val.isdigit():
-            window = int(val)
-    return count, window
-
-
 @dataclass(frozen=True, slots=True)
 class _Attempt:
     """The one field of tenacity's RetryCallState its wait strategies read."""
@@ -187,25 +145,36 @@ class Transport:
         retries: int = 5,
         user_agent: str = USER_AGENT,
         username: str | None = None,
+        limits: RegistryLimits | None = None,
+        proxy: ProxyRoute | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
+        self.origin = origin(self.base_url)  # normalised: compared with upload Locations
         self.auth = authenticator
         self.metrics = metrics
         self.ssl = ssl
         self.retries = max(1, retries)
         self.username = username
+        self.proxy = proxy
         self._user_agent = user_agent
-        self._max_concurrency = max_concurrency
+        self.max_concurrency = max_concurrency
         self._session: aiohttp.ClientSession | None = None
         self._ping_lock = asyncio.Lock()
         self._ping_failure: tuple[float, SyncdError] | None = None
         self._pinged = asyncio.Event()
-        self._paused_until = 0.0
-        self._quota_exhausted = False
-        self._quota_interval = 0.0
+        # Accounts, budgets, adaptive concurrency and pace: asked before every request.
+        self.limits = limits or RegistryLimits(
+            registry=name,
+            authenticators=(authenticator,),
+            max_concurrency=max_concurrency,
+            metrics=metrics,
+        )
         self._children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
+        # Optional endpoint features this registry turned out to lack ("mount",
+        # "page_size"), so that each costs one refused request per process.
+        self.lacks: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -213,7 +182,10 @@ class Transport:
         if self._session is None:
             # limit caps parallel connections to this registry: max_concurrency.
             connector = aiohttp.TCPConnector(
-                limit=self._max_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
+                limit=self.max_concurrency,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+                force_close=bool(self.proxy and self.proxy.forwards_plain_http(self.base_url)),
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -222,6 +194,7 @@ class Transport:
                     total=None, connect=15, sock_connect=15, sock_read=60
                 ),
                 auto_decompress=False,
+                middlewares=(self.proxy.middleware,) if self.proxy else (),
             )
         return self._session
 
@@ -235,7 +208,7 @@ class Transport:
         """The request's URL, and whether it is on the registry itself (not a redirect or
         an upload Location on another host)."""
         if req.path.startswith(("http://", "https://")):
-            return req.path, urlsplit(req.path).netloc == self.host
+            return req.path, origin(req.path) == self.origin
         return self.base_url + req.path, True
 
     async def ping(self, attempts: int = 0) -> None:
@@ -268,8 +241,10 @@ class Transport:
                 async with self.session.get(url, ssl=self._ssl_arg) as resp:
                     await resp.content.read(MAX_ERROR_BODY)
                     self._count("GET", resp.status, start)
+                    if self.proxy and resp.status == 407:
+                        raise self.proxy.refusal(url, self.name)
                     if resp.status == 401:
-                        self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                        self.limits.learn(resp.headers.get("WWW-Authenticate"))
                     elif resp.status >= 500 or resp.status == 429:
                         raise ServerError(
                             f"/v2/ answered {resp.status}",
@@ -362,17 +337,24 @@ class Transport:
 
     @asynccontextmanager
     async def _exchange(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One HTTP exchange, in a slot of the registry's limits (syncd.registry.limits)."""
+        async with (
+            self.limits.slot(req.method, req.path) as slot,
+            self._exchange_as(req, slot) as resp,
+        ):
+            yield resp
+
+    @asynccontextmanager
+    async def _exchange_as(self, req: Request, slot: Slot) -> AsyncIterator[aiohttp.ClientResponse]:
         """One HTTP exchange with auth; a 401 that brings a challenge is answered once."""
         url, same_host = self._url(req)
-        await self._wait_if_paused()
+        auth = slot.auth
         for auth_try in (1, 2):
             headers = dict(req.headers)
-            if same_host and self.auth.challenge is not None:
+            if same_host and auth.challenge is not None:
                 # Authorization goes only to the registry itself, never to a redirect host.
                 with self._map_errors(req.method, url, req.repository):
-                    headers.update(
-                        await self.auth.header(self.session, req.scopes, ssl=self._ssl_arg)
-                    )
+                    headers.update(await auth.header(self.session, req.scopes, ssl=self._ssl_arg))
             body: Any = req.body() if callable(req.body) else req.body
             start = time.monotonic()
             with self._map_errors(req.method, url, req.repository):
@@ -388,7 +370,7 @@ class Transport:
                 )
             try:
                 self._count(req.method, resp.status, start)
-                self._note_quota(resp.headers)
+                self.limits.answered(slot, resp.status, resp.headers)
                 # A body factory may not be re-playable (a tee'd stream); bytes always are.
                 replayable = req.body is None or isinstance(req.body, bytes)
                 if (
@@ -396,15 +378,15 @@ class Transport:
                     and auth_try == 1
                     and same_host
                     and replayable
-                    and self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                    and auth.learn(resp.headers.get("WWW-Authenticate"))
                 ):
-                    self.auth.forget(req.scopes)
+                    auth.forget(req.scopes)
                     await resp.content.read(MAX_ERROR_BODY)
                     continue
                 if resp.status in req.expect or resp.status in req.absent:
                     yield resp
                     return
-                raise await self._status_error(req, resp)
+                raise await self._status_error(req, resp, slot)
             finally:
                 resp.release()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -427,7 +409,8 @@ class Transport:
     def _delay(self, exc: BaseException | None, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt``."""
         if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            return min(exc.retry_after, _MAX_RETRY_AFTER)
+            # Longer waits than max_retry_wait are not retried at all (RegistryLimits.refused).
+            return min(exc.retry_after, self.limits.max_retry_wait)
         return float(self._exp(cast(RetryCallState, _Attempt(attempt))))
 
     async def _before_retry(self, exc: BaseException, attempt: int) -> None:
@@ -444,43 +427,6 @@ class Transport:
             self.retries,
             extra={"registry": self.name, "event": "retry"},
         )
-
-    def _note_quota(self, headers: Mapping[str, str]) -> None:
-        """Docker Hub's pull quota (``RateLimit-Remaining``): with none left, pace this
-        registry at the quota's refill rate (window / limit per request, capped like
-        Retry-After), so the pass slows down instead of collecting 429s until it fails."""
-        remaining = _quota(headers.get("RateLimit-Remaining"))
-        if remaining is None:
-            return
-        if remaining[0] > 0:
-            self._quota_exhausted = False
-            return
-        limit = _quota(headers.get("RateLimit-Limit"))
-        window = remaining[1] or (limit[1] if limit else 0)
-        delay = window / limit[0] if limit and limit[0] > 0 and window else _BACKOFF_MAX
-        delay = min(delay, _MAX_RETRY_AFTER)
-        self._quota_interval = delay
-        if not self._quota_exhausted:
-            self._quota_exhausted = True
-            log.warning(
-                "%s: rate limit quota exhausted; pacing requests %.1fs apart",
-                self.name,
-                delay,
-                extra={"registry": self.name, "event": "rate_limited"},
-            )
-        self._paused_until = max(self._paused_until, time.monotonic() + delay)
-
-    async def _wait_if_paused(self) -> None:
-        # Re-checked after each sleep: another request may have moved the pause on.
-        for _ in range(1000):
-            delay = self._paused_until - time.monotonic()
-            if delay <= 0:
-                break
-            await asyncio.sleep(delay)
-        if self._quota_exhausted:
-            # One request per refill interval: claim this slot before sending, so the
-            # requests that waited together do not all go at once.
-            self._paused_until = time.monotonic() + self._quota_interval
 
     # -- metrics and errors ------------------------------------------------------------
     def _count(self, method: str, code: int | str, start: float) -> None:
@@ -503,32 +449,7 @@ class Transport:
         self, e: BaseException, method: str, url: str, repository: str
     ) -> RegistryError:
         where = dict(registry=self.name, repository=repository, method=method, url=redact_url(url))
-        if isinstance(e, aiohttp.ClientConnectorCertificateError):
-            return TLSError(
-                f"TLS certificate verification failed for {self.host}: {e.certificate_error}",
-                **where,  # type: ignore[arg-type]
-            )
-        if isinstance(e, aiohttp.ClientSSLError):
-            return TLSError(f"TLS handshake with {self.host} failed: {e}", **where)  # type: ignore[arg-type]
-        alert = _tls_alert(e)
-        if alert is not None:
-            # The server ended the handshake after seeing (or missing) our certificate;
-            # with TLS 1.3 that surfaces on the first read, as a plain OSError.
-            hint = ""
-            if any(word in alert for word in _CLIENT_CERT_ALERTS):
-                hint = (
-                    ": the registry refused the client certificate (or none was sent; "
-                    "set client_cert/client_key)"
-                )
-            return TLSError(f"TLS handshake with {self.host} failed: {alert}{hint}", **where)  # type: ignore[arg-type]
-        if isinstance(e, TimeoutError):
-            return NetworkError(f"timed out talking to {self.host}", **where)  # type: ignore[arg-type]
-        if isinstance(e, aiohttp.ClientConnectorError):
-            return NetworkError(
-                f"cannot connect to {self.host}: {e.os_error.strerror or e.os_error}",
-                **where,  # type: ignore[arg-type]
-            )
-        return NetworkError(f"connection to {self.host} failed: {type(e).__name__}: {e}", **where)  # type: ignore[arg-type]
+        return network_error(e, self.host, where)
 
     @contextmanager
     def _map_errors(self, method: str, url: str, repository: str) -> Iterator[None]:
@@ -541,7 +462,9 @@ class Transport:
             self._count(method, "error", start)
             raise self._network_error(e, method, url, repository) from None
 
-    async def _status_error(self, req: Request, resp: aiohttp.ClientResponse) -> RegistryError:
+    async def _status_error(
+        self, req: Request, resp: aiohttp.ClientResponse, slot: Slot
+    ) -> RegistryError:
         try:
             body = await read_capped(resp, MAX_ERROR_BODY)
         except (aiohttp.ClientError, TimeoutError):
@@ -561,8 +484,10 @@ class Transport:
             # searches for ("UNAUTHORIZED: authentication required", "DENIED: …").
             text = "; ".join(str(d) for d in details)
             kw["details"] = ()
-            username = self.auth.username or self.username
+            username = slot.auth.username or self.username
             user = f"user {username}" if username else "anonymous"
+            if len(self.limits.accounts) > 1:
+                user = f"account {slot.account.index}"  # which one, never its name
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             # A token without the needed access is refused with 401 insufficient_scope
             # (token spec); to an operator that is a permission problem, like a 403.
@@ -584,14 +509,20 @@ class Transport:
                 + (f": {text}" if text else ""),
                 **kw,
             )
+        if status == 407:  # an http:// request through a proxy: the proxy's refusal
+            return AuthError(f"the proxy refused the request: {PROXY_REFUSED}", **kw)
         if status == 404:
             return NotFoundError("not found", **kw)
         if status == 429:
-            after = _retry_after(resp.headers)
-            if after is not None:
-                # Slow every request to this registry, not only the one that was refused.
-                self._paused_until = max(self._paused_until, time.monotonic() + after)
-            return RateLimitedError("rate limited (429)", retry_after=after, **kw)
+            asked = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+            # The account stays away as asked; the others take over, or everyone waits.
+            after, retryable = self.limits.refused(slot, asked)
+            text = f"rate limited (429, Retry-After {asked:g}s)" if asked else "rate limited (429)"
+            if not retryable:
+                text += ": over max_retry_wait, left alone until then"
+            err = RateLimitedError(text, retry_after=after, **kw)
+            err.retryable = retryable
+            return err
         if status >= 500 or status == 408:
             return ServerError(f"server error {status}", **kw)
         return ClientRequestError(f"request refused with {status}", **kw)

@@ -1,11 +1,11 @@
 """No password, token or refresh token ever shows up in anything syncd prints or exposes.
 
-Two angles. The CLI runs at debug level (text and JSON logs, ``once``, ``plan`` and
-``plan --output json``) with right and wrong credentials of every kind, and all its output
-is searched. Then the same scenarios run in-process with every logger at DEBUG and *no*
-redacting filter installed, so a leak cannot hide behind the CLI's scrubber: log records,
-rendered tracebacks, failure texts, exception ``str``/``repr``, config reprs and the
-``/metrics`` exposition are searched too.
+Two angles. The CLI runs at debug level (text and JSON logs, ``once``, ``plan``,
+``plan --output json`` and ``verify``) with right and wrong credentials of every kind, and all
+its output and the ``once --report`` files are searched. Then the same scenarios run
+in-process with every logger at DEBUG and *no* redacting filter installed, so a leak cannot
+hide behind the CLI's scrubber: log records, rendered tracebacks, failure texts, exception
+``str``/``repr``, config reprs and the ``/metrics`` exposition are searched too.
 """
 
 from __future__ import annotations
@@ -108,17 +108,20 @@ def scenario(
 
 
 def test_cli_output_never_contains_secrets(
-    scenario: tuple[TokenIssuer, list[Path]], syncd: SyncdRunner
+    scenario: tuple[TokenIssuer, list[Path]], syncd: SyncdRunner, tmp_path: Path
 ) -> None:
     issuer, configs = scenario
+    reports = []
     for i, cfg in enumerate(configs):
+        reports.append(tmp_path / f"report-{i}.json")
         # Alternate the output styles: every style meets right and wrong credentials.
         if i % 2:
             syncd(cfg, "plan", "--output", "json")
-            syncd(cfg, "once", "--log-format", "json")
+            syncd(cfg, "once", "--log-format", "json", "--report", str(reports[-1]))
         else:
             syncd(cfg, "plan")
-            syncd(cfg, "once", "--log-format", "text")
+            syncd(cfg, "once", "--log-format", "text", "--report", str(reports[-1]))
+        syncd(cfg, "verify")
     outcomes = [r.returncode for r in syncd.runs if "once" in r.args]
     # the scenarios really did log in right and wrong (so secrets were in play)
     assert 0 in outcomes and 1 in outcomes
@@ -127,6 +130,9 @@ def test_cli_output_never_contains_secrets(
     secrets = all_secrets(issuer)
     for run in syncd.runs:
         assert secrets_in(run.output, secrets) == [], run.args
+    assert any("authentication failed" in r.read_text() for r in reports)
+    for report in reports:
+        assert secrets_in(report.read_text(), secrets) == [], report
 
 
 async def test_in_process_logs_errors_metrics_and_reprs_never_contain_secrets(

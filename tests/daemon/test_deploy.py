@@ -84,6 +84,8 @@ def test_systemd_unit_is_hardened() -> None:
         "NoNewPrivileges": "yes",
         "PrivateTmp": "yes",
         "Restart": "on-failure",
+        # The state store's directory ($STATE_DIRECTORY), writable under ProtectSystem.
+        "StateDirectory": "syncd",
     }.items():
         assert e.get(key) == [value], key
     assert e["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
@@ -175,6 +177,13 @@ def test_kubernetes_manifests_fit_together() -> None:
         cm["data"]["config.yaml"], environ={name: "x" * 12 for name in wanted}
     )
     assert config.server.webhook_token
+
+    # The state store lives on the persistent volume (not the read-only root).
+    assert config.state.path is not None
+    (state_volume,) = [n for n, v in volumes.items() if "persistentVolumeClaim" in v]
+    claim = volumes[state_volume]["persistentVolumeClaim"]["claimName"]
+    assert claim == objs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert config.state.path.startswith(mounts[state_volume]["mountPath"] + "/")
 
     # The Service selects the pod, targets its port, and tells Prometheus where to scrape.
     labels = dep["spec"]["template"]["metadata"]["labels"]

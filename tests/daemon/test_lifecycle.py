@@ -61,9 +61,11 @@ class Fakes:
     release: asyncio.Event = field(default_factory=asyncio.Event)  # set: passes may end
     syncers: list[FakeSyncer] = field(default_factory=list)
 
-    def factory(self) -> Callable[[Config, Metrics], Any]:
+    def factory(self) -> Callable[..., Any]:
         @asynccontextmanager
-        async def open_fake(config: Config, metrics: Metrics) -> AsyncIterator[FakeSyncer]:
+        async def open_fake(
+            config: Config, metrics: Metrics, previous: Any = None
+        ) -> AsyncIterator[FakeSyncer]:
             await self.opening.wait()
             syncer = FakeSyncer(config, self.release)
             self.syncers.append(syncer)

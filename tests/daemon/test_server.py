@@ -51,6 +51,7 @@ class State:
     token: Secret | None = field(default_factory=lambda: Secret(TOKEN))
     received: list[list[RepoEvent]] = field(default_factory=list)
     explode: bool = False
+    report: dict[str, object] = field(default_factory=lambda: {"version": 1, "rules": []})
 
     def trigger(self, events: Sequence[RepoEvent]) -> list[str]:
         if self.explode:
@@ -76,6 +77,7 @@ async def srv() -> AsyncIterator[Running]:
         ready=lambda: state.ready,
         trigger=state.trigger,
         webhook_token=lambda: state.token,
+        status=lambda: state.report,
     )
     await server.start("127.0.0.1", 0)
     port = server.addresses[0][1]
@@ -105,6 +107,28 @@ async def test_metrics_exposition(srv: Running) -> None:
         assert resp.headers["Content-Type"].startswith("text/plain; version=")
         text = await resp.text()
     assert 'syncd_config_reloads_total{result="success"} 0.0' in text
+
+
+async def test_status_serves_the_current_report_without_credentials(srv: Running) -> None:
+    async with srv.http.get(srv.base + "/status") as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        assert await resp.json() == {"version": 1, "rules": []}
+    srv.state.report = {"version": 1, "rules": [{"name": "rule-a"}]}
+    status, body = await _status(srv, "GET", "/status")
+    assert (status, json.loads(body)) == (200, srv.state.report)
+
+
+async def test_status_without_reports_is_404() -> None:
+    server = HttpServer(
+        metrics=Metrics(), ready=lambda: True, trigger=lambda e: [], webhook_token=lambda: None
+    )
+    await server.start("127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.addresses[0][1]}/status"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            assert resp.status == 404
+    finally:
+        await server.aclose()
 
 
 async def test_distribution_webhook_triggers(srv: Running) -> None:

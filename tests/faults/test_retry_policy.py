@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -68,28 +67,32 @@ async def test_429_with_retry_after_slows_the_pass_and_it_succeeds(
         assert manifest_raw(target.url, "a/b", f"v{i}") is not None
 
 
-async def test_an_exhausted_docker_hub_quota_paces_requests(
+async def test_a_budget_at_its_reserve_stops_pulls_but_not_heads(
     source: Registry, target: Registry, shims: list[RateLimitShim], caplog: pytest.LogCaptureFixture
 ) -> None:
     for i in range(3):
         push(source.url, "a/b", f"v{i}", image(f"q{i}"))
-    # 18000 pulls per hour: one pull's worth of quota every 0.2 s. Two pulls left.
+    # Two pulls left of 18000 per hour: far below the default reserve of 10%, and the
+    # window ends long after max_retry_wait. HEADs are free; no manifest GET may go out.
     shim = RateLimitShim(source.url, quota=(18000, 2, 3600))
     shims.append(shim)
-    caplog.set_level(logging.WARNING, logger="syncd.registry.transport")
-    result = await sync(config_for(shim.url, [target.url], ["a/b"], concurrency=3))
-    assert result.ok and result.synced == 3, result.failures
-    assert shim.pulls >= 3  # more pulls than the quota allowed, and none refused
-    times = [t for t, _, _ in shim.forwarded]
-    exhausted_at = next(
-        i for i, (_, m, p) in enumerate(shim.forwarded) if m == "GET" and "/manifests/" in p
-    )
-    later = times[exhausted_at + 2 :]
-    gaps = [b - a for a, b in itertools.pairwise(later)]
-    print(f"\nrequests after the quota ran out: {len(later)}, smallest gap {min(gaps):.2f}s")
-    assert gaps and min(gaps) >= 0.15
-    warnings = [r for r in caplog.records if "quota exhausted" in r.getMessage()]
+    caplog.set_level(logging.WARNING, logger="syncd.registry.limits")
+    metrics = Metrics()
+    start = time.monotonic()
+    result = await sync(config_for(shim.url, [target.url], ["a/b"], concurrency=3), metrics)
+    seconds = time.monotonic() - start
+    assert result.failed == 3 and result.synced == 0
+    assert all("pull budget at its reserve" in f for f in result.failures), result.failures
+    assert shim.pulls == 0
+    assert any(m == "HEAD" for _, m, _ in shim.forwarded)
+    failures = metrics.image_failures.labels(rule="r", target="t0", reason="rate_limited")
+    assert failures._value.get() == 3
+    assert metrics.quota_waits.labels(registry="src")._value.get() == 3
+    quota = metrics.registry_quota_remaining.labels(registry="src", account="")
+    assert quota._value.get() == 2
+    warnings = [r for r in caplog.records if "down to its reserve" in r.getMessage()]
     assert len(warnings) == 1  # logged once, not per request
+    print(f"\nbudget at the reserve: 3 images failed in {seconds:.1f}s, 0 pulls spent")
 
 
 async def test_an_unreachable_target_fails_the_pass_after_one_round_of_retries(

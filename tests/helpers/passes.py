@@ -7,6 +7,7 @@ from typing import Any
 
 from syncd.config.schema import Config, RegistryConfig, RuleConfig
 from syncd.metrics import Metrics
+from syncd.secret import Secret
 from syncd.sync import RulePassResult, open_syncer
 from tests.helpers.registry import Registry
 
@@ -21,13 +22,16 @@ def make_config(
 ) -> Config:
     """One rule named ``r`` from registry ``src`` to ``t0``, ``t1``, … (Registry or URL)."""
 
-    def url(r: Registry | str) -> str:
-        return r if isinstance(r, str) else r.url
+    def registry(name: str, r: Registry | str) -> RegistryConfig:
+        if isinstance(r, str):
+            return RegistryConfig(name=name, url=r)
+        password = Secret(r.password) if r.password else None
+        return RegistryConfig(name=name, url=r.url, username=r.username, password=password)
 
-    regs = {"src": RegistryConfig(name="src", url=url(source))}
+    regs = {"src": registry("src", source)}
     names = []
     for i, t in enumerate(targets):
-        regs[f"t{i}"] = RegistryConfig(name=f"t{i}", url=url(t))
+        regs[f"t{i}"] = registry(f"t{i}", t)
         names.append(f"t{i}")
     r = RuleConfig(
         name=rule.pop("name", "r"),

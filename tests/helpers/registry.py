@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class Access:
             return "catalog"
         if "/referrers/" in p:
             return "referrers"
+        if p.endswith("/auth/token"):
+            return "token"  # zuul-registry's token endpoint, on the registry itself
         return "other"
 
 
@@ -81,8 +84,12 @@ class Registry:
     tls: bool = False
     ca_file: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Credentials syncd needs to push here (None: the registry is open).
+    username: str | None = None
+    password: str | None = None
     _log_path: Path = field(init=False)
     _marks: int = field(init=False, default=0)
+    implementation = "distribution"
 
     def __post_init__(self) -> None:
         self._log_path = self.workdir / "registry.log"
@@ -234,8 +241,11 @@ class RegistryFactory:
         tls: tuple[str, str] | None = None,
         ca_file: str | None = None,
         storage_on_shm: bool = False,
+        delete: bool = True,
         **extra: Any,
     ) -> Registry:
+        """A started registry; ``delete=False`` turns deletes off (every DELETE of a
+        manifest then answers 405 UNSUPPORTED), ``extra`` adds or replaces config keys."""
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix=f"reg{port}-", dir=self.base))
         root = workdir / "storage"
@@ -247,11 +257,13 @@ class RegistryFactory:
             extra.setdefault("http", {}).setdefault("tls", {}).update(
                 {"certificate": tls[0], "key": tls[1]}
             )
+        config = registry_config(port, root, **extra)
+        config["storage"].setdefault("delete", {})["enabled"] = delete
         reg = Registry(
             port,
             root,
             workdir,
-            registry_config(port, root, **extra),
+            config,
             tls=bool(tls),
             ca_file=ca_file,
         )
@@ -267,6 +279,40 @@ class RegistryFactory:
 
 
 # -- a tiny independent HTTP client for tests (not syncd's) -----------------------------
+# Registries (host:port) that want a Bearer token for everything (zuul-registry): the
+# helpers log in at the realm of their challenge with these credentials, as a client does.
+_BEARER_LOGINS: dict[str, tuple[str, str]] = {}
+_BEARER_TOKENS: dict[str, str] = {}
+
+
+def register_bearer_login(host: str, username: str, password: str) -> None:
+    _BEARER_LOGINS[host] = (username, password)
+    _BEARER_TOKENS.pop(host, None)
+
+
+def forget_bearer_login(host: str) -> None:
+    """The registry at ``host`` is gone; a later one on that port starts afresh."""
+    _BEARER_LOGINS.pop(host, None)
+    _BEARER_TOKENS.pop(host, None)
+
+
+def _bearer_token(url: str, challenge: str) -> str | None:
+    host = urllib.parse.urlsplit(url).netloc
+    login = _BEARER_LOGINS.get(host)
+    m = re.search(r'realm="([^"]+)"', challenge)
+    if login is None or m is None or not challenge.lower().startswith("bearer"):
+        return None
+    repo = re.match(r".*?/v2/(.+?)/(?:manifests|blobs|tags)/", url)
+    scope = f"repository:{repo.group(1) if repo else 'any'}:pull,push"
+    realm = f"{m.group(1)}?{urllib.parse.urlencode({'scope': scope})}"
+    status, _, body = http("GET", realm, auth=login)
+    if status != 200:
+        return None
+    token = str(json.loads(body)["token"])
+    _BEARER_TOKENS[host] = token
+    return token
+
+
 def http(
     method: str,
     url: str,
@@ -278,6 +324,9 @@ def http(
     token: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     h = dict(headers or {})
+    host = urllib.parse.urlsplit(url).netloc
+    if not token and not auth and host in _BEARER_TOKENS:
+        token = _BEARER_TOKENS[host]
     if token:
         h["Authorization"] = f"Bearer {token}"
     if auth:
@@ -287,6 +336,11 @@ def http(
         with urllib.request.urlopen(req, timeout=30, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as e:
+        challenge = e.headers.get("WWW-Authenticate", "")
+        if e.code == 401 and not auth and host in _BEARER_LOGINS:
+            fresh = _bearer_token(url, challenge)
+            if fresh and fresh != token:
+                return http(method, url, data=data, headers=headers, context=context, token=fresh)
         return e.code, dict(e.headers), e.read()
 
 

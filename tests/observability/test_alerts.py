@@ -25,6 +25,8 @@ EXPECTED = {
     "SyncdPushRateAnomaly",
     "SyncdTargetStorageGrowth",
     "SyncdConfigReloadFailing",
+    "SyncdPullBudgetLow",
+    "SyncdPruneHeldBack",
     "SyncdClusterReplicaWithoutLease",
     "SyncdClusterMembersMissing",
     "SyncdClusterUnownedUnits",

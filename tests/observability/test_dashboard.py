@@ -31,6 +31,9 @@ REQUIRED_METRICS = {
     "syncd_blobs_skipped_total": "blobs skipped",
     "syncd_blobs_mounted_total": "blobs mounted",
     "syncd_config_reloads_total": "config reloads",
+    "syncd_registry_quota_remaining": "pull budget left per registry and account",
+    "syncd_quota_waits_total": "requests held back by a budget",
+    "syncd_registry_concurrency": "adaptive concurrency per registry and kind",
 }
 
 

@@ -1,4 +1,5 @@
-"""A registry front with the OCI 1.1 referrers API, for the one test of that path.
+"""A registry front with the OCI 1.1 referrers API (or, with ``inject``, a front whose
+referrers endpoint answers what a registry without the API may send).
 
 Debian's docker-registry 2.8.2 has no referrers API. This aiohttp server answers only
 ``GET /v2/<name>/referrers/<digest>`` itself, from the manifests with a ``subject`` that
@@ -29,8 +30,22 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host
 class ReferrersFront:
     """``url`` proxies to ``upstream``; ``referrers_requests`` counts API calls."""
 
-    def __init__(self, upstream: Registry, *, page_size: int = 1, filters: bool = True) -> None:
+    def __init__(
+        self,
+        upstream: Registry,
+        *,
+        page_size: int = 1,
+        filters: bool = True,
+        inject: tuple[int, bytes, str] | None = None,
+        answers: dict[str, tuple[int, bytes, str]] | None = None,
+    ) -> None:
         self.upstream = upstream
+        # (status, body, content type) to answer every referrers request with instead:
+        # what registries without the API really send (400/405/406, an HTML page).
+        self.inject = inject
+        # path -> (status, body, content type): other endpoints answered by the front
+        # (a registry without ``/v2/_catalog``).
+        self.answers = dict(answers or {})
         self.page_size = page_size
         self.filters = filters
         self.port = free_port()
@@ -81,6 +96,9 @@ class ReferrersFront:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if path in self.answers:
+            status, payload, ctype = self.answers[path]
+            return web.Response(status=status, body=payload, headers={"Content-Type": ctype})
         if request.method == "GET" and "/referrers/" in path and path.startswith("/v2/"):
             return self._referrers(request)
         body = await request.read()
@@ -126,6 +144,9 @@ class ReferrersFront:
 
     def _referrers(self, request: web.Request) -> web.Response:
         self.referrers_requests += 1
+        if self.inject is not None:
+            status, body, ctype = self.inject
+            return web.Response(status=status, body=body, headers={"Content-Type": ctype})
         path = request.path
         repository = path[len("/v2/") : path.index("/referrers/")]
         subject = path.rsplit("/", 1)[1]

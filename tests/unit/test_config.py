@@ -10,10 +10,13 @@ import pytest
 
 from syncd.config.load import load_config, load_config_text
 from syncd.config.schema import (
+    AccountConfig,
     Config,
+    QuotaReserve,
     RegistryConfig,
     RuleConfig,
     ServerConfig,
+    StateConfig,
     TagFilter,
 )
 from syncd.durations import format_duration, parse_duration
@@ -50,7 +53,14 @@ def load(text: str, env: dict[str, str] | None = None) -> Config:
 
 
 def secrets_dir(tmp_path: pathlib.Path) -> pathlib.Path:
-    for name in ("prod-ca.pem", "backup-password", "edge-client.pem", "edge-client.key"):
+    for name in (
+        "prod-ca.pem",
+        "backup-password",
+        "edge-client.pem",
+        "edge-client.key",
+        "hub-1",
+        "hub-2",
+    ):
         (tmp_path / name).write_text("x\n")
     return tmp_path
 
@@ -104,6 +114,17 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
                 client_cert=f"{d}/edge-client.pem",
                 client_key=f"{d}/edge-client.key",
             ),
+            "hub": RegistryConfig(
+                name="hub",
+                url="https://registry-1.docker.io",
+                credentials=(
+                    AccountConfig("mirror-bot-1", None, f"{d}/hub-1"),
+                    AccountConfig("mirror-bot-2", None, f"{d}/hub-2"),
+                ),
+                quota_reserve=QuotaReserve(10, percent=True),
+                requests_per_second=5.0,
+                max_retry_wait=60.0,
+            ),
         },
         rules=(
             RuleConfig(
@@ -132,6 +153,9 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
                 schedule=None,
                 retries=3,
                 concurrency=4,
+                prune="unselected",
+                protect=("^latest$",),
+                max_deletions=5,
             ),
             RuleConfig(
                 name="base-images",
@@ -146,8 +170,17 @@ def test_example_loads_into_exact_values(tmp_path: pathlib.Path) -> None:
                 retries=5,
                 concurrency=8,
             ),
+            RuleConfig(
+                name="hub-mirror",
+                source="hub",
+                targets=("prod",),
+                repositories=("library/nginx",),
+                tags=TagFilter(include=(r"^1\.\d+\.\d+$",), newest=3),
+                interval=300.0,
+            ),
         ),
         server=ServerConfig(listen="127.0.0.1:9090", webhook_token=Secret("webhook-token-value")),
+        state=StateConfig(path="/var/lib/syncd/state.db"),
     )
     assert config.rule("base-images") is config.rules[1]
     for value in ("dev-token-value", "edge-password-value", "webhook-token-value"):
@@ -775,6 +808,29 @@ SECRET = "hunter2-Very-S3cret"
         # a webhook token next to a bad listen address, and a password that is not a string
         (BASE + f"server:\n  listen: nope\n  webhook_token: {SECRET}\n", {}),
         (BASE + "server:\n  webhook_token: ${PW}\n  listen: 1\n", {"PW": SECRET}),
+        # a proxy URL with a password: wrong port, a path, a socks scheme, from the env
+        (
+            BASE.replace(
+                "url: http://127.0.0.1:5002", f"url: x\n    proxy: http://u:{SECRET}@p:99999"
+            ),
+            {},
+        ),
+        (
+            BASE.replace(
+                "url: http://127.0.0.1:5002", f"url: x\n    proxy: http://u:{SECRET}@p:1/x"
+            ),
+            {},
+        ),
+        (
+            BASE.replace(
+                "url: http://127.0.0.1:5002", f"url: x\n    proxy: socks5://u:{SECRET}@p:1"
+            ),
+            {},
+        ),
+        (
+            BASE.replace("url: http://127.0.0.1:5002", "url: x\n    proxy: http://u:${PW}@p:1/y"),
+            {"PW": SECRET},
+        ),
         # a secret that is not a valid variable name inside ${…}
         (
             BASE.replace("url: http://127.0.0.1:5002", f"url: x\n    password: ab${{{SECRET} x}}"),
@@ -790,6 +846,27 @@ def test_secrets_never_in_problems(text: str, env: dict[str, str]) -> None:
     assert SECRET not in rendered
     assert SECRET[:8] not in rendered
     assert "hunter2" not in rendered
+
+
+def test_registry_proxy_keeps_its_credentials_apart() -> None:
+    cfg = load(
+        BASE.replace(
+            "url: http://127.0.0.1:5002",
+            "url: http://127.0.0.1:5002\n    proxy: http://bob:${PW}@Proxy.Corp:3128",
+        ),
+        {"PW": SECRET},
+    )
+    proxy = cfg.registries["dst"].proxy
+    assert proxy is not None and proxy.url == "http://proxy.corp:3128"
+    assert proxy.username == "bob" and proxy.password is not None
+    assert proxy.password.reveal() == SECRET and proxy.origin == "registries.dst.proxy"
+    assert SECRET not in repr(cfg) and cfg.registries["src"].proxy is None
+
+
+def test_registry_proxy_problems_are_located() -> None:
+    (p,) = problems(BASE.replace("url: http://127.0.0.1:5002", "url: x\n    proxy: ftp://p:1"))
+    assert (p.line, p.key) == (6, "registries.dst.proxy")
+    assert "proxy scheme must be http" in p.message
 
 
 def test_values_from_env_are_masked_in_messages() -> None:
@@ -873,3 +950,38 @@ def test_anchors_and_merge_keys_work() -> None:
     )
     assert config.registries["dst"].url == "http://127.0.0.1:5001"
     assert config.registries["dst"].max_concurrency == 2
+
+
+# ------------------------------------------------------------------ state and prune
+
+
+def test_state_path_default_none_and_relative() -> None:
+    assert load(BASE, env={"XDG_STATE_HOME": "/x"}).state.path == "/x/syncd/state.db"
+    assert load(BASE, env={"STATE_DIRECTORY": "/var/lib/syncd"}).state.path == (
+        "/var/lib/syncd/state.db"
+    )
+    assert load(BASE + "state: {path: none}\n").state.path is None
+    rel = load(BASE + "state: {path: data/s.db}\n").state.path
+    assert rel == os.path.join(os.getcwd(), "data", "s.db")
+
+
+def test_prune_keys_load_and_default() -> None:
+    r = load(BASE).rules[0]
+    assert (r.prune, r.protect, r.max_deletions) == (None, (), 10)
+    text = BASE + "    prune: unselected\n    protect: '^latest$'\n    max_deletions: 3\n"
+    r = load(text).rules[0]
+    assert (r.prune, r.protect, r.max_deletions) == ("unselected", ("^latest$",), 3)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ("    prune: everything\n", "rules[0].prune", "'deleted' or 'unselected'"),
+        ("    protect: ['(']\n", "rules[0].protect[0]", "invalid regex"),
+        ("    max_deletions: 0\n", "rules[0].max_deletions", "at least 1"),
+        ("state: {file: x}\n", "state.file", "unknown key 'file'"),
+    ],
+)
+def test_bad_state_and_prune_keys_are_located(extra: str, key: str, message: str) -> None:
+    (p,) = problems(BASE + extra)
+    assert p.key == key and message in p.message, p

@@ -21,15 +21,20 @@ L0 = {
     "syncd.config.schema",
     "syncd.secret",
     "syncd.durations",
+    "syncd.proxy",
+    "syncd.state",
     "syncd.ownership",
     "syncd.cluster.rendezvous",
 }
 L1_PREFIXES = (
     "syncd.config.load",
+    "syncd.config.json_schema",
     "syncd.registry",
+    "syncd.layout",
     "syncd.metrics",
     "syncd.logs",
     "syncd.cluster",
+    "syncd.state_sqlite",
 )
 L2_PREFIXES = (
     "syncd.copy",
@@ -38,6 +43,14 @@ L2_PREFIXES = (
     "syncd.server",
     "syncd.daemon",
     "syncd.referrers",
+    "syncd.report",
+    "syncd.plan",
+    "syncd.target_bytes",
+    "syncd.verify",
+    "syncd.status",
+    "syncd.facts",
+    "syncd.prune",
+    "syncd.results",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 

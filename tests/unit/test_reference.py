@@ -124,7 +124,11 @@ def test_parse_manifest(raw: bytes, ctype: str, media_type: str, is_index: bool)
 
 
 def test_manifest_blobs_skip_foreign_layers_and_keep_platforms() -> None:
-    foreign = {**DESC, "urls": ["https://example.com/layer"]}
+    foreign = {
+        **DESC,
+        "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "urls": ["https://example.com/layer"],
+    }
     m = parse_manifest(
         _doc(schemaVersion=2, mediaType=OCI_MANIFEST, config=DESC, layers=[DESC, foreign])
     )

@@ -1,0 +1,103 @@
+"""Concurrency helpers of the copy engine: side-by-side awaits, early target HEADs, and
+"one copy at a time per key, the others share its outcome"."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from syncd.errors import SyncdError
+
+if TYPE_CHECKING:
+    from syncd.blobs import Endpoint
+    from syncd.registry.client import ManifestInfo
+
+T = TypeVar("T")
+# What a copy waiting on another one gets: the error that one ended with, or None.
+_Outcome = asyncio.Future[BaseException | None]
+
+
+async def gather_all(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """Await every one side by side, then raise the first error, if any: unlike a plain
+    gather, nothing is left running unobserved after a failure."""
+    got = await asyncio.gather(*aws, return_exceptions=True)
+    for g in got:
+        if isinstance(g, BaseException):
+            raise g
+    return cast(list[T], got)
+
+
+class Lookahead:
+    """Target HEADs sent early (``CopyEngine.look_ahead``); each is used at most once.
+
+    ``close`` cancels or collects what the copy never used (a source that failed, an
+    image refused before its targets were looked at), so no task outlives its job and no
+    error goes unobserved.
+    """
+
+    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestInfo | None]]) -> None:
+        self._tasks = tasks
+
+    def take(self, t: Endpoint) -> asyncio.Future[ManifestInfo | None] | None:
+        return self._tasks.pop(t, None)
+
+    async def close(self) -> None:
+        left = list(self._tasks.values())
+        self._tasks.clear()
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
+
+class OnePerKey:
+    """Work on a key done by one copy at a time; the others wait and share its outcome
+    (the error it ended with, or None)."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, ...], _Outcome] = {}
+
+    def split(
+        self, items: Iterable[tuple[tuple[str, ...], Endpoint, T]]
+    ) -> tuple[list[tuple[tuple[str, ...], Endpoint, T]], dict[Endpoint, _Outcome]]:
+        """Claim each free key for the caller (which must then run ``owning``); for a key
+        already being worked on, the outcome to wait for instead."""
+        mine: list[tuple[tuple[str, ...], Endpoint, T]] = []
+        joined: dict[Endpoint, _Outcome] = {}
+        for key, t, item in items:
+            other = self._running.get(key)
+            if other is not None:
+                joined[t] = other
+                continue
+            self._running[key] = asyncio.get_running_loop().create_future()
+            mine.append((key, t, item))
+        return mine, joined
+
+    @contextmanager
+    def owning(
+        self,
+        claimed: Iterable[tuple[tuple[str, ...], Endpoint, Any]],
+        failures: dict[Endpoint, BaseException],
+        interrupted: str,
+    ) -> Iterator[None]:
+        """Release the claimed keys when the work ends, each with its target's failure."""
+        aborted: BaseException | None = None
+        try:
+            yield
+        except BaseException:
+            aborted = SyncdError(interrupted)
+            raise
+        finally:
+            for key, t, _ in claimed:
+                self._running.pop(key).set_result(failures.get(t) or aborted)
+
+    @staticmethod
+    async def join(
+        joined: dict[Endpoint, _Outcome], failures: dict[Endpoint, BaseException]
+    ) -> None:
+        """Wait for the work other copies are doing; their failures become ours."""
+        for t, outcome in joined.items():
+            err = await asyncio.shield(outcome)
+            if err is not None:
+                failures.setdefault(t, err)

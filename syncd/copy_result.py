@@ -1,0 +1,88 @@
+"""What the copy engine is asked (``TargetSpec``) and what it reports (``ImageResult``,
+one ``TargetOutcome`` per target), and the one manifest it makes itself: a
+platform-filtered index."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from syncd.blobs import Endpoint
+from syncd.errors import ManifestInvalidError
+from syncd.manifest import Manifest, parse_manifest
+from syncd.rules import platform_selected
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """Where one image goes, and the policy for an existing tag there."""
+
+    endpoint: Endpoint
+    tag: str | None
+    overwrite: bool = True
+    backup: str | None = None
+    # ``target_recheck`` seconds: how long a tag syncd pushed or found at the source's
+    # digest is taken as still there without a HEAD (0: HEAD every time).
+    recheck: float = 0.0
+    # The rule the copy is for: tags are recorded per rule (what ``prune`` may delete);
+    # empty for artifacts that travel with an image, which are not recorded.
+    rule: str = ""
+
+
+@dataclass(slots=True)
+class TargetOutcome:
+    """What happened at one target."""
+
+    target: str
+    repository: str
+    action: str  # "up_to_date" | "copied" | "failed"
+    digest: str = ""
+    error: BaseException | None = None
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    bytes_copied: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class ImageResult:
+    """The copy of one source image to all its targets."""
+
+    source: str
+    reference: str
+    digest: str = ""
+    source_digest: str = ""
+    manifest: Manifest | None = None
+    outcomes: list[TargetOutcome] = field(default_factory=list)
+    error: BaseException | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or any(o.action == "failed" for o in self.outcomes)
+
+    @property
+    def copied(self) -> bool:
+        return any(o.action == "copied" for o in self.outcomes)
+
+
+def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
+    """A new index keeping only the children of the named platforms.
+
+    Serialised deterministically, so the same source index and filter give the same
+    digest on every pass (otherwise every pass would look like a change).
+    """
+    doc = json.loads(manifest.raw)
+    kept = [
+        c
+        for c, d in zip(doc.get("manifests", []), manifest.children, strict=False)
+        if d.platform is None or platform_selected(platforms, d.platform)
+    ]
+    if not kept:
+        raise ManifestInvalidError(
+            f"index {manifest.digest} has no child for platforms {', '.join(platforms)}"
+        )
+    doc["manifests"] = kept
+    raw = json.dumps(doc, indent=3, sort_keys=False).encode()
+    return parse_manifest(raw, manifest.media_type)
