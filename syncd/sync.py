@@ -35,6 +35,7 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+from syncd.state import StateStore
 from syncd.state_sqlite import open_state
 from syncd.sync_quota import left_alone, new_tags_first
 from syncd.target_bytes import TargetBytes
@@ -556,6 +557,25 @@ def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
     return NotFoundError(f"tag {tag} not found", registry=registry, repository=repo)
 
 
+async def _open_state(config: Config, metrics: Metrics | None) -> StateStore:
+    if config.cluster is None:
+        return await asyncio.to_thread(open_state, config)
+    # The replicas of a cluster share one store in etcd (imported only in cluster mode).
+    from syncd.cluster.store import EtcdStore
+
+    shared = EtcdStore(config.cluster, metrics=metrics)
+    await shared.start()
+    return shared
+
+
+async def _close_state(store: StateStore) -> None:
+    aclose = getattr(store, "aclose", None)  # the etcd store sends its last writes first
+    if aclose is not None:
+        await aclose()
+    else:
+        store.close()
+
+
 @asynccontextmanager
 async def open_syncer(
     config: Config,
@@ -581,7 +601,7 @@ async def open_syncer(
     syncer: Syncer | None = None
     store = previous.store if previous is not None and keep else None
     if store is None:
-        store = await asyncio.to_thread(open_state, config)
+        store = await _open_state(config, metrics)
     try:
         async with ClientPool(config.registries, metrics=metrics) as pool:
             if previous is None or not keep:
@@ -612,4 +632,4 @@ async def open_syncer(
             yield syncer
     finally:
         if syncer.owns_store if syncer is not None else not keep:
-            store.close()
+            await _close_state(store)

@@ -43,7 +43,7 @@ def _exactly_once(corpus: Corpus) -> Counter[str]:
 
 
 def test_replicas_split_the_work_and_take_over_a_killed_one(
-    corpus: Corpus, replicas: Replicas
+    corpus: Corpus, replicas: Replicas, etcd: EtcdCluster
 ) -> None:
     reps = replicas(3)
     wait_until(lambda: corpus.synced("v1"), 60, "v1 of every repository at every target", step=0.2)
@@ -57,6 +57,13 @@ def test_replicas_split_the_work_and_take_over_a_killed_one(
     assert set(per_replica) == {"rep0", "rep1", "rep2"}, per_replica
     assert reps[0].metric("syncd_cluster_members") == 3
     assert reps[0].metric("syncd_cluster_ready") == 1
+    # The shared state store: every tag each replica pushed is on record in etcd, where
+    # the next owner of its unit reads it.
+    wait_until(
+        lambda: len(etcd.keys("/syncd/state/tag/")) == len(REPOS) * len(corpus.targets),
+        10,
+        "the tags on record in etcd",
+    )
 
     # SIGKILL: no goodbye; its lease expires, the others take its units.
     victim = reps[2]

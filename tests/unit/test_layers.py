@@ -37,8 +37,8 @@ L1_PREFIXES = (
     "syncd.layout",
     "syncd.metrics",
     "syncd.logs",
-    "syncd.state_sqlite",
     "syncd.cluster",
+    "syncd.state_sqlite",
 )
 L2_PREFIXES = (
     "syncd.copy",
