@@ -263,3 +263,19 @@ class EtcdStore:
 
     def reports(self) -> dict[str, dict[str, Any]]:
         return self._local.reports()
+
+
+def stored_reports(config: ClusterConfig) -> dict[str, dict[str, Any]]:
+    """The reports the replicas keep in etcd (``syncd status`` when no daemon answers);
+    empty when etcd cannot be reached."""
+
+    async def read() -> dict[str, dict[str, Any]]:
+        store = EtcdStore(config)
+        try:
+            with contextlib.suppress(EtcdUnavailableError):
+                await store._load()
+            return store.reports()
+        finally:
+            await store._etcd.aclose()
+
+    return asyncio.run(read())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.cluster.store import EtcdStore
+from syncd.cluster.store import EtcdStore, stored_reports
 from syncd.config.schema import ClusterConfig, EtcdConfig
 from tests.cluster.conftest import requires_etcd
 from tests.helpers.etcd import EtcdCluster, etcd_cluster
@@ -103,3 +103,18 @@ async def test_writes_wait_for_etcd(one_etcd: EtcdCluster) -> None:
         )
     finally:
         await a.aclose()
+
+
+def test_status_reads_the_reports_from_etcd(one_etcd: EtcdCluster) -> None:
+    config = _config(one_etcd, "a")
+
+    async def write() -> None:
+        store = EtcdStore(config)
+        await store.start()
+        store.save_report("mirror", {"name": "mirror", "targets": []})
+        await store.aclose()  # sends what is queued
+
+    asyncio.run(write())
+    assert stored_reports(config) == {"mirror": {"name": "mirror", "targets": []}}
+    one_etcd.stop()
+    assert stored_reports(config) == {}  # etcd away: nothing, and no hang
