@@ -924,6 +924,22 @@ def test_env_value_of_the_wrong_kind_is_located_and_not_echoed(
     assert value not in p.message
 
 
+def test_fields_that_come_from_the_place_are_unknown_keys_in_the_file() -> None:
+    # A registry is named by its key and the config's path is the file's: writing them is
+    # an unknown key, and the allowed keys offered leave them out.
+    text = BASE.replace("  dst:\n", "  dst:\n    name: other\n") + "path: /elsewhere\n"
+    found = [(p.line, p.column, p.key, p.message) for p in problems(text)]
+    assert found == [
+        (5, 5, "registries.dst.name", "unknown key 'name' (did you mean 'username'?)"),
+        (
+            12,
+            1,
+            "path",
+            "unknown key 'path'; allowed here: cluster, defaults, registries, rules, server, state",
+        ),
+    ]
+
+
 def test_quoted_env_value_stays_a_string() -> None:
     (p,) = problems(BASE + '    retries: "${X}"\n', {"X": "3"})
     assert (p.key, p.message) == (
