@@ -10,7 +10,8 @@ COPY . .
 # Bytecode is compiled here (pip's default): the runtime user cannot write it and
 # PYTHONDONTWRITEBYTECODE is set, so without it every start of `syncd` would compile
 # aiohttp, pydantic and syncd from source, about 1.3 s instead of 0.4 s on 2 cores.
-RUN pip install --no-cache-dir --prefix=/install .
+# The cluster extra (etcd client) is included: one image serves one replica or many.
+RUN pip install --no-cache-dir --prefix=/install './[cluster]'
 
 # -- runtime ------------------------------------------------------------------------------
 FROM python:3.11-slim

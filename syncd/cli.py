@@ -454,7 +454,12 @@ def _status(config: Config | None, listen: str | None, output: str) -> int:
 
     address = listen or (config.server.listen if config else None) or DEFAULT_LISTEN
     stored: dict[str, Any] = {}
-    if config is not None:
+    if config is not None and config.cluster is not None:
+        # A cluster's reports live in etcd (imported only then: the etcd client).
+        from syncd.cluster.store import stored_reports
+
+        saved = stored_reports(config.cluster)
+    elif config is not None:
         from syncd.state_sqlite import open_state
 
         store = open_state(config)

@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
 from syncd.copy_flight import Lookahead, OnePerKey, gather_all
 from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec, filter_platforms
 from syncd.errors import (
+    FencedError,
     ManifestInvalidError,
     NotFoundError,
     OverwriteRefusedError,
@@ -68,8 +69,12 @@ class CopyEngine:
         *,
         blobs: BlobMover | None = None,
         store: StateStore | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.metrics = metrics
+        # Asked right before every manifest PUT (the step that makes a tag visible): false
+        # once this replica lost its cluster lease (syncd/ownership.py).
+        self.fence = fence
         self.blobs = blobs or BlobMover(metrics, store=store)
         self.store = self.blobs.store
         self._manifests: LRU = LRU(MAX_MANIFESTS)
@@ -389,6 +394,8 @@ class CopyEngine:
         )
 
     async def _put_manifest(self, t: Endpoint, reference: str, m: Manifest) -> None:
+        if self.fence is not None and not self.fence():
+            raise FencedError(f"{t}:{reference}: cluster lease lost, not writing it")
         try:
             await t.client.manifest_put(t.repository, reference, m.raw, m.media_type)
         except SyncdError:

@@ -224,3 +224,12 @@ class WebhookPayloadError(SyncdError):
     """A webhook body is not a notification we understand: bad JSON or missing fields."""
 
     reason = "webhook_payload"
+
+
+class FencedError(SyncdError):
+    """This replica lost its cluster lease: it must not write a tag it can no longer vouch for.
+
+    The work is left to the unit's new owner; nothing is retried here.
+    """
+
+    reason = "fenced"

@@ -165,11 +165,66 @@ class Metrics:
             registry=r,
         )
         self.config_last_reload_successful.set(1)
+        # -- cluster mode (syncd/cluster); absent from the exposition of a single process,
+        # whose alerts must not see members or leases that do not exist.
+        self.cluster_members = Gauge(
+            "syncd_cluster_members", "Live members this replica sees in etcd", registry=None
+        )
+        self.cluster_expected_members = Gauge(
+            "syncd_cluster_expected_members",
+            "cluster.expected_members of the config (the alert threshold)",
+            registry=None,
+        )
+        self.cluster_units_owned = Gauge(
+            "syncd_cluster_units_owned",
+            "Units (rule, source repository) this replica holds a claim on",
+            ["replica"],
+            registry=None,
+        )
+        self.cluster_units = Gauge(
+            "syncd_cluster_units",
+            "Units (rule, source repository) this replica knows",
+            registry=None,
+        )
+        self.cluster_lease_renewals = Counter(
+            "syncd_cluster_lease_renewals_total",
+            "Renewals of this replica's etcd lease by result",
+            ["result"],
+            registry=None,
+        )
+        self.cluster_ready = Gauge(
+            "syncd_cluster_ready",
+            "1 while this replica holds a live lease and may copy, else 0",
+            registry=None,
+        )
+        self.cluster_etcd_requests = Counter(
+            "syncd_cluster_etcd_requests_total",
+            "Requests to etcd by operation",
+            ["op"],
+            registry=None,
+        )
         # process_start_time_seconds etc.: a rule that never succeeded since start is aged
         # from the process start by the staleness alert.
         ProcessCollector(registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result=result)
+
+    def enable_cluster(self, *, expected_members: int | None = None) -> None:
+        """Expose the cluster metrics (``syncd run`` with a ``cluster:`` section)."""
+        if expected_members is not None:
+            self.registry.register(self.cluster_expected_members)
+            self.cluster_expected_members.set(expected_members)
+        for m in (
+            self.cluster_members,
+            self.cluster_units_owned,
+            self.cluster_units,
+            self.cluster_lease_renewals,
+            self.cluster_ready,
+            self.cluster_etcd_requests,
+        ):
+            self.registry.register(m)
+        for result in ("success", "failure"):
+            self.cluster_lease_renewals.labels(result=result)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

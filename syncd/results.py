@@ -28,6 +28,7 @@ class RulePassResult:
     blobs_skipped: int = 0
     bytes_copied: int = 0
     referrers_copied: int = 0
+    fenced: int = 0  # images not started because this replica lost its cluster lease
     failures: list[str] = field(default_factory=list)
     plan: list[PlanEntry] = field(default_factory=list)
     targets: dict[str, TargetCounts] = field(default_factory=dict)
@@ -41,7 +42,7 @@ class RulePassResult:
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and self.fenced == 0
 
     def add(self, other: RulePassResult) -> None:
         self.synced += other.synced
@@ -52,6 +53,7 @@ class RulePassResult:
         self.blobs_skipped += other.blobs_skipped
         self.bytes_copied += other.bytes_copied
         self.referrers_copied += other.referrers_copied
+        self.fenced += other.fenced
         self.failures.extend(other.failures)
         self.notes.extend(other.notes)
         self.plan.extend(other.plan)

@@ -32,12 +32,14 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from syncd.config.schema import RuleConfig, TagFilter
 from syncd.manifest import Platform
 from syncd.reference import validate_tag
 
 if TYPE_CHECKING:
     import semantic_version
+
+    # Only in annotations: the config schema itself checks backup templates with this module.
+    from syncd.config.schema import RuleConfig, TagFilter
 
 MAX_TAG = 128
 

@@ -58,6 +58,7 @@ class HttpServer:
         webhook_token: Callable[[], Secret | None],
         status: Status | None = None,
         max_body: int = MAX_BODY_BYTES,
+        cluster_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._status = status
         self._metrics = metrics
@@ -65,6 +66,7 @@ class HttpServer:
         self._trigger = trigger
         self._token = webhook_token
         self._max_body = max_body
+        self._cluster_status = cluster_status
         self._stopping = False
         self._runner: web.AppRunner | None = None
         app = web.Application(client_max_size=max_body)
@@ -120,9 +122,13 @@ class HttpServer:
         return web.Response(text="ready\n")
 
     async def _get_status(self, request: web.Request) -> web.Response:
-        if self._status is None:
+        if self._status is None and self._cluster_status is None:
             return _error(404, "no run reports in this process")
-        return web.json_response(self._status(), dumps=_dumps)
+        doc: dict[str, Any] = dict(self._status()) if self._status is not None else {}
+        if self._cluster_status is not None:
+            # In a cluster: the members and the units this replica owns.
+            doc["cluster"] = self._cluster_status()
+        return web.json_response(doc, dumps=_dumps)
 
     async def _post_distribution(self, request: web.Request) -> web.Response:
         return await self._webhook(request, "distribution", parse_distribution_events)

@@ -18,6 +18,7 @@ from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
 from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
+from syncd.ownership import LOCAL, Ownership
 from syncd.plan import PlanEntry, plan_entries
 from syncd.prune import Listing, PruneOutcome, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
@@ -34,6 +35,7 @@ from syncd.rules import (
     select_tags,
     target_repository,
 )
+from syncd.state import StateStore
 from syncd.state_sqlite import open_state
 from syncd.sync_quota import left_alone, new_tags_first
 from syncd.target_bytes import TargetBytes
@@ -67,6 +69,7 @@ class Syncer:
         referrers: ReferrerSync | None = None,
     ) -> None:
         self.config = config
+        self.ownership: Ownership = LOCAL  # a cluster's replaces it (syncd/ownership.py)
         self.pool = pool
         self.engine = engine
         self.metrics = metrics
@@ -112,6 +115,7 @@ class Syncer:
         skip = left_alone(self.pool, rule)
         try:
             repos = [] if skip else await self._repositories(rule, repositories)
+            repos = await self.ownership.select(rule.name, repos, complete=repositories is None)
         except SyncdError as e:
             self._fail_rule(rule, result, rule.source, e, prefix="listing ")
             repos = []
@@ -141,7 +145,10 @@ class Syncer:
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
-                await self._run_job(rule, job, result, dry_run)
+                if self.ownership.may_write():  # else fenced: the unit's next owner copies it
+                    await self._run_job(rule, job, result, dry_run)
+                else:
+                    result.fenced += 1
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(produce())
@@ -550,6 +557,25 @@ def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:
     return NotFoundError(f"tag {tag} not found", registry=registry, repository=repo)
 
 
+async def _open_state(config: Config, metrics: Metrics | None) -> StateStore:
+    if config.cluster is None:
+        return await asyncio.to_thread(open_state, config)
+    # The replicas of a cluster share one store in etcd (imported only in cluster mode).
+    from syncd.cluster.store import EtcdStore
+
+    shared = EtcdStore(config.cluster, metrics=metrics)
+    await shared.start()
+    return shared
+
+
+async def _close_state(store: StateStore) -> None:
+    aclose = getattr(store, "aclose", None)  # the etcd store sends its last writes first
+    if aclose is not None:
+        await aclose()
+    else:
+        store.close()
+
+
 @asynccontextmanager
 async def open_syncer(
     config: Config,
@@ -575,7 +601,7 @@ async def open_syncer(
     syncer: Syncer | None = None
     store = previous.store if previous is not None and keep else None
     if store is None:
-        store = await asyncio.to_thread(open_state, config)
+        store = await _open_state(config, metrics)
     try:
         async with ClientPool(config.registries, metrics=metrics) as pool:
             if previous is None or not keep:
@@ -606,4 +632,4 @@ async def open_syncer(
             yield syncer
     finally:
         if syncer.owns_store if syncer is not None else not keep:
-            store.close()
+            await _close_state(store)

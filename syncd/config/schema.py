@@ -1,77 +1,165 @@
-"""Frozen values of the config file described in the contract.
+"""The config file, declared once: each key, its type, its default and its checks.
 
-The loader (``config.load``) builds these after validation and resolves ``defaults`` into
-each rule, so everything downstream reads one effective value per key.
+These frozen dataclasses are at the same time what ``syncd validate`` checks a file against
+(pydantic validates them from the YAML, ``config.load`` turns its errors into
+file:line:column problems), what ``syncd schema`` prints (``config.json_schema``) and the
+values the rest of syncd reads. Adding a key is one field here and its line in
+docs/config.md. Validated from a file (with a ``LoadContext``), relative paths are taken from
+the file's directory, ``defaults`` are merged into each rule, and a registry is named after
+its key; built in code, values are taken as given (and still checked).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+
+from syncd.config.values import (
+    DEFAULT_CLUSTER_PREFIX,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_CONCURRENCY,
+    LAYOUT_SCHEMES,
+    MIN_LEASE_TTL,
+    Backup,
+    Count,
+    Cron,
+    Duration,
+    DurationOrZero,
+    EtcdEndpoint,
+    File,
+    Flag,
+    KeyPrefix,
+    LeaseTTL,
+    Listen,
+    MediaType,
+    MemberName,
+    NonEmpty,
+    OneOrMany,
+    Platform,
+    Positive,
+    Proxy,
+    QuotaReserve,
+    RegexList,
+    RegistryURL,
+    Repository,
+    Reserve,
+    RuleName,
+    SecretText,
+    Semver,
+    Tag,
+    TargetPrefix,
+    Unique,
+    context_of,
+    layout_url,
+    resolve,
+)
 from syncd.proxy import ProxyURL
 from syncd.reference import DOCKER_HUB_API, is_docker_hub, split_origin
-from syncd.secret import Secret
+
+__all__ = [
+    "DEFAULT_CLUSTER_PREFIX",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_INTERVAL",
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_DELETIONS",
+    "DEFAULT_MAX_RETRY_WAIT",
+    "DEFAULT_RETRIES",
+    "LAYOUT_SCHEMES",
+    "MIN_LEASE_TTL",
+    "PRUNE_MODES",
+    "AccountConfig",
+    "ClusterConfig",
+    "Config",
+    "DefaultsConfig",
+    "EtcdConfig",
+    "QuotaReserve",
+    "RegistryConfig",
+    "RuleConfig",
+    "ServerConfig",
+    "StateConfig",
+    "TagFilter",
+    "layout_url",
+]
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_RETRIES = 5
 DEFAULT_CONCURRENCY = 8
-DEFAULT_MAX_CONCURRENCY = 8
-# ``url`` prefixes of OCI image layouts: a directory of layouts (one per repository) and a
-# tar archive of one layout (read only). Longest first: ``oci-archive:`` starts with ``oci``.
-LAYOUT_SCHEMES = ("oci-archive", "oci")
 # A Retry-After longer than this fails the request at once instead of stalling the pass.
 DEFAULT_MAX_RETRY_WAIT = 120.0
-
-
-@dataclass(frozen=True, slots=True)
-class AccountConfig:
-    """One entry of a registry's ``credentials``: an account used in turn with the others."""
-
-    username: str
-    password: Secret | None = None
-    password_file: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaReserve:
-    """``quota_reserve``: pulls kept back from a registry's budget, a count or a percentage."""
-
-    amount: float = 10.0
-    percent: bool = True
-
-    def __str__(self) -> str:
-        return f"{self.amount:g}%" if self.percent else f"{self.amount:g}"
-
-
 DEFAULT_MAX_DELETIONS = 10
 PRUNE_MODES = ("deleted", "unselected")
 
+# ``extra="forbid"``: an unknown key is an error (with a did-you-mean). Scalars are strict
+# through their types (``syncd.config.values``). hide_input_in_errors: even a
+# ValidationError printed by accident shows no values.
+_FILE = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-@dataclass(frozen=True, slots=True)
+# Fields the file does not spell: they come from where the value sits (a registry's key, the
+# file's path). ``config.load`` rejects them as unknown keys and ``syncd schema`` omits them.
+NOT_IN_FILE: dict[str, frozenset[str]] = {
+    "Config": frozenset({"path"}),
+    "RegistryConfig": frozenset({"name"}),
+}
+
+Targets = Annotated[tuple[NonEmpty, ...], OneOrMany, Field(min_length=1), Unique]
+Repositories = Annotated[tuple[Repository, ...], OneOrMany, Field(min_length=1), Unique]
+
+
+@dataclass(frozen=True, slots=True, config=_FILE)
+class AccountConfig:
+    """One entry of a registry's ``credentials``: an account used in turn with the others."""
+
+    username: NonEmpty
+    password: SecretText | None = None
+    password_file: File | None = None
+
+
+@dataclass(frozen=True, slots=True, config=_FILE)
 class RegistryConfig:
     """One named endpoint of ``registries:``."""
 
-    name: str
-    url: str
-    username: str | None = None
-    password: Secret | None = None
-    password_file: str | None = None
-    docker_config: bool = False
-    ca_file: str | None = None
-    tls_verify: bool = True
-    client_cert: str | None = None
-    client_key: str | None = None
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    allow_insecure_auth: bool = False
+    name: NonEmpty
+    url: RegistryURL
+    username: NonEmpty | None = None
+    password: SecretText | None = None
+    password_file: File | None = None
+    docker_config: Flag = False
+    ca_file: File | None = None
+    tls_verify: Flag = True
+    client_cert: File | None = None
+    client_key: File | None = None
+    max_concurrency: Count = DEFAULT_MAX_CONCURRENCY
+    allow_insecure_auth: Flag = False
     # Every request of this registry goes through it (token realm and redirects too);
     # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment decide.
-    proxy: ProxyURL | None = None
+    proxy: Proxy | None = None
     # Several accounts, used in turn when one's pull budget is spent (instead of username).
-    credentials: tuple[AccountConfig, ...] = ()
+    credentials: Annotated[tuple[AccountConfig, ...], Field(min_length=1)] = ()
     # None: the default reserve (10%), and no budget is assumed until the registry sends one.
-    quota_reserve: QuotaReserve | None = None
-    requests_per_second: float | None = None
-    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    quota_reserve: Reserve | None = None
+    requests_per_second: Positive | None = None
+    # Without the key: ``defaults.max_retry_wait``, else DEFAULT_MAX_RETRY_WAIT.
+    max_retry_wait: Duration = DEFAULT_MAX_RETRY_WAIT
+
+    @model_validator(mode="after")
+    def _proxy_origin(self) -> RegistryConfig:
+        if self.proxy is not None and not self.proxy.origin:
+            # Messages about the proxy name the key it was set at.
+            origin = f"registries.{self.name}.proxy"
+            object.__setattr__(self, "proxy", _with_origin(self.proxy, origin))
+        return self
 
     @property
     def layout(self) -> tuple[str, str] | None:
@@ -103,79 +191,218 @@ class RegistryConfig:
         return f"{self.scheme}://{self.host}"
 
 
-def layout_url(url: str) -> tuple[str, str] | None:
-    """``("oci", PATH)`` or ``("oci-archive", FILE)`` for a layout url, else None."""
-    for kind in LAYOUT_SCHEMES:
-        if url.startswith(f"{kind}:") and not url.startswith(f"{kind}://"):
-            return kind, url[len(kind) + 1 :]
-    return None
+def _with_origin(proxy: ProxyURL, origin: str) -> ProxyURL:
+    return ProxyURL(proxy.url, proxy.username, proxy.password, origin)
 
 
-@dataclass(frozen=True, slots=True)
+def _tag_list(value: Any) -> Any:
+    # "tags: [v1, latest]" is an explicit list of tags; "tags:" alone, no filter.
+    if value is None:
+        return {}
+    if isinstance(value, list | str):
+        return {"names": [value] if isinstance(value, str) else value}
+    return value
+
+
+@dataclass(frozen=True, slots=True, config=_FILE)
 class TagFilter:
-    """``tags:`` of a rule, applied in order: names, include, exclude, semver, newest."""
+    """``tags:`` of a rule, applied in order: names, include, exclude, semver, newest.
+    Written as a list, it is ``names``."""
 
-    names: tuple[str, ...] = ()
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    semver: str | None = None
-    newest: int | None = None
+    names: Annotated[tuple[Tag, ...], Unique] = ()
+    include: RegexList = ()
+    exclude: RegexList = ()
+    semver: Semver | None = None
+    newest: Count | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_FILE)
+class DefaultsConfig:
+    """``defaults``: merged into every rule (and registry) that does not set the key."""
+
+    interval: Duration | None = None
+    schedule: Cron | None = None
+    retries: Count | None = None
+    concurrency: Count | None = None
+    target_recheck: DurationOrZero | None = None
+    # Applies to registries (not rules): the default of their own max_retry_wait.
+    max_retry_wait: Duration | None = None
+
+
+@dataclass(frozen=True, slots=True, config=_FILE)
 class RuleConfig:
     """One rule, with ``defaults`` already applied."""
 
-    name: str
-    source: str
-    targets: tuple[str, ...]
-    repositories: tuple[str, ...]
-    tags: TagFilter = field(default_factory=TagFilter)
-    platforms: tuple[str, ...] = ()
-    target_prefix: str = ""
-    overwrite: bool = True
-    backup: str | None = None
-    immutable_tags: tuple[str, ...] = ()
-    referrers: bool = True
-    referrers_types: tuple[str, ...] = ()
-    require_signature: bool = False
-    interval: float = DEFAULT_INTERVAL
-    schedule: str | None = None
-    retries: int = DEFAULT_RETRIES
-    concurrency: int = DEFAULT_CONCURRENCY
+    name: RuleName
+    source: NonEmpty
+    targets: Targets
+    repositories: Repositories
+    tags: Annotated[
+        TagFilter,
+        BeforeValidator(_tag_list, json_schema_input_type=list[str] | str | TagFilter | None),
+    ] = field(default_factory=TagFilter)
+    platforms: Annotated[tuple[Platform, ...], OneOrMany, Unique] = ()
+    target_prefix: TargetPrefix = ""
+    overwrite: Flag = True
+    backup: Backup | None = None
+    immutable_tags: RegexList = ()
+    referrers: Flag = True
+    referrers_types: Annotated[tuple[MediaType, ...], OneOrMany] = ()
+    require_signature: Flag = False
+    interval: Duration = DEFAULT_INTERVAL
+    schedule: Cron | None = None
+    retries: Count = DEFAULT_RETRIES
+    concurrency: Count = DEFAULT_CONCURRENCY
     # Seconds a target tag the daemon pushed or checked is trusted without a HEAD; 0: never.
-    target_recheck: float = 0.0
+    target_recheck: DurationOrZero = 0.0
     # Retention at the targets (syncd.prune): None (off), "deleted" or "unselected".
-    prune: str | None = None
-    protect: tuple[str, ...] = ()  # regexes (searched) of tags never deleted
-    max_deletions: int = DEFAULT_MAX_DELETIONS  # per target and pass; over it, none
+    prune: Literal["deleted", "unselected"] | None = None
+    protect: RegexList = ()  # regexes (searched) of tags never deleted
+    max_deletions: Count = DEFAULT_MAX_DELETIONS  # per target and pass; over it, none
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_FILE)
 class ServerConfig:
     """``server:``; the ``--listen`` flag overrides ``listen``."""
 
-    listen: str | None = None
-    webhook_token: Secret | None = None
+    listen: Listen | None = None
+    webhook_token: SecretText | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_FILE)
 class StateConfig:
-    """``state:``. The loader puts the default file in ``path``; None keeps the state in
-    memory for the life of the process (``path: none``, and configs built in code)."""
+    """``state:``. Loaded from a file, ``path`` without the key is the default file, and
+    ``none`` is None: the state is kept in memory for the life of the process (as in
+    configs built in code)."""
 
-    path: str | None = None
+    path: NonEmpty | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_FILE)
+class EtcdConfig:
+    """``cluster.etcd``: how to reach the etcd v3 cluster; paths are absolute."""
+
+    endpoints: Annotated[tuple[EtcdEndpoint, ...], OneOrMany, Field(min_length=1), Unique]
+    ca_file: File | None = None
+    client_cert: File | None = None
+    client_key: File | None = None
+    username: NonEmpty | None = None
+    password: SecretText | None = None
+    password_file: File | None = None
+
+
+@dataclass(frozen=True, slots=True, config=_FILE)
+class ClusterConfig:
+    """``cluster``: several replicas share the rules' work through etcd."""
+
+    etcd: EtcdConfig
+    # This replica's member name. Every replica runs the same file, so the name that tells
+    # them apart defaults to the host name (a pod's name under Kubernetes).
+    name: MemberName = ""
+    prefix: KeyPrefix = DEFAULT_CLUSTER_PREFIX  # every key syncd writes starts with it
+    lease_ttl: LeaseTTL = DEFAULT_LEASE_TTL
+    # How many members the operator runs; only the "members fewer than configured" alert
+    # reads it (through syncd_cluster_expected_members). None: no such alert.
+    expected_members: Count | None = None
+
+
+@dataclass(frozen=True, slots=True, config=_FILE)
 class Config:
     """A whole, validated config file."""
 
     path: str
     registries: dict[str, RegistryConfig]
-    rules: tuple[RuleConfig, ...]
+    rules: Annotated[tuple[RuleConfig, ...], Field(min_length=1)]
     server: ServerConfig = field(default_factory=ServerConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    cluster: ClusterConfig | None = None
+    # Already merged into ``rules`` and ``registries``; kept for ``syncd schema``.
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig, compare=False)
 
     def rule(self, name: str) -> RuleConfig | None:
         return next((r for r in self.rules if r.name == name), None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any, info: ValidationInfo) -> Any:
+        """A document read from a file: what it leaves to its place and to ``defaults``."""
+        ctx = context_of(info)
+        if ctx is None or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        data["path"] = ctx.filename
+        defaults = _valid_defaults(data.get("defaults"))
+        registries = data.get("registries")
+        if isinstance(registries, dict):
+            data["registries"] = {
+                name: _registry_defaults(name, reg, defaults) for name, reg in registries.items()
+            }
+        rules = data.get("rules")
+        if isinstance(rules, list):
+            data["rules"] = [_rule_defaults(r, defaults) for r in rules]
+        state = data.get("state")
+        if state is None:
+            data["state"] = {"path": ctx.state_path}
+        elif isinstance(state, dict):
+            path = state.get("path")
+            if path is None:
+                data["state"] = {**state, "path": ctx.state_path}
+            elif isinstance(path, str) and path.lower() == "none":
+                data["state"] = {**state, "path": None}
+            elif isinstance(path, str) and path:
+                data["state"] = {**state, "path": resolve(ctx.base_dir, path)}
+        cluster = data.get("cluster")
+        if isinstance(cluster, dict):
+            if cluster.get("name") is None:
+                cluster = {**cluster, "name": ctx.host_name}
+            etcd = cluster.get("etcd")
+            if isinstance(etcd, dict) and isinstance(etcd.get("endpoints"), list | str):
+                endpoints = etcd["endpoints"]
+                listed = [endpoints] if isinstance(endpoints, str) else endpoints
+                cluster = {
+                    **cluster,
+                    "etcd": {
+                        **etcd,
+                        "endpoints": [e.rstrip("/") if isinstance(e, str) else e for e in listed],
+                    },
+                }
+            data["cluster"] = cluster
+        return data
+
+
+_DEFAULTS = TypeAdapter(DefaultsConfig)
+
+
+def _valid_defaults(raw: Any) -> DefaultsConfig:
+    """``defaults`` if it is valid; its own errors are reported at its keys."""
+    try:
+        return _DEFAULTS.validate_python(raw if raw is not None else {})
+    except ValidationError:
+        return DefaultsConfig()
+
+
+def _registry_defaults(name: str, reg: Any, d: DefaultsConfig) -> Any:
+    if not isinstance(reg, dict):
+        return reg
+    reg = {**reg, "name": name}
+    if "max_retry_wait" not in reg and d.max_retry_wait is not None:
+        reg["max_retry_wait"] = d.max_retry_wait
+    return reg
+
+
+def _rule_defaults(rule: Any, d: DefaultsConfig) -> Any:
+    if not isinstance(rule, dict):
+        return rule
+    # A rule that names its own timing replaces the default timing as a whole: a rule's
+    # interval beats a default schedule, and a rule's schedule beats a default interval.
+    own_timing = "interval" in rule or "schedule" in rule
+    rule = dict(rule)
+    if "interval" not in rule and d.interval is not None:
+        rule["interval"] = d.interval
+    if not own_timing and d.schedule is not None:
+        rule["schedule"] = d.schedule
+    for key in ("retries", "concurrency", "target_recheck"):
+        value = getattr(d, key)
+        if key not in rule and value is not None:
+            rule[key] = value
+    return rule

@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
@@ -37,8 +37,11 @@ from syncd.metrics import Metrics
 from syncd.report import rule_report, run_report
 from syncd.rules import rules_for_repository
 from syncd.secret import Secret
-from syncd.server import HttpServer
+from syncd.server import HttpServer, Trigger
 from syncd.sync import Syncer, open_syncer
+
+if TYPE_CHECKING:
+    from syncd.cluster import Replica
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +189,7 @@ class Daemon:
         self._retired: set[_SyncerSlot] = set()
         self._scheduler: Scheduler | None = None
         self._watcher: ConfigWatcher | None = None
+        self._replica: Replica | None = None
         # rule name -> the run report entry of its latest finished pass, for GET /status
         self._reports: dict[str, dict[str, Any]] = {}
 
@@ -209,12 +213,21 @@ class Daemon:
         scheduler = self._scheduler = Scheduler(
             self._run_rule, match=rules_for_repository, metrics=self._metrics
         )
+        trigger: Trigger = scheduler.trigger
+        if config.cluster is not None:
+            # Imported only here: a single process never loads the etcd client.
+            from syncd.daemon.clustering import open_replica, route, with_replica
+
+            replica = self._replica = open_replica(config.cluster, self._metrics, scheduler)
+            self._syncer_factory = with_replica(self._syncer_factory, replica)
+            trigger = route(replica, scheduler)
         # Listening first: /healthz answers (and /readyz says 503) while sessions open.
         server = HttpServer(
             metrics=self._metrics,
-            ready=lambda: scheduler.ready,
-            trigger=scheduler.trigger,
+            ready=self._ready,
+            trigger=trigger,
             webhook_token=self._webhook_token,
+            cluster_status=self._replica.status if self._replica else None,
             status=self.status,
         )
         try:
@@ -263,6 +276,24 @@ class Daemon:
             "syncd running",
             extra={"listen": listen, "rules": [r.name for r in config.rules]},
         )
+        replica = self._replica
+        membership = asyncio.create_task(replica.run(), name="cluster") if replica else None
+        try:
+            if replica is not None:
+                from syncd.daemon.clustering import wait_settled
+
+                await wait_settled(replica, self._stop)
+            return await self._serve_scheduled(server, scheduler, watcher)
+        finally:
+            if membership is not None and replica is not None:
+                membership.cancel()
+                await asyncio.gather(membership, return_exceptions=True)
+                # Revoking the lease hands this replica's units to the others at once.
+                await replica.aclose()
+
+    async def _serve_scheduled(
+        self, server: HttpServer, scheduler: Scheduler, watcher: ConfigWatcher
+    ) -> int:
         status = EXIT_OK
         scheduling = asyncio.create_task(scheduler.run(), name="scheduler")
         watching = asyncio.create_task(watcher.run(), name="config-watcher")
@@ -343,6 +374,11 @@ class Daemon:
         rules = self._config.rules if self._config else ()
         return run_report(self._reports[r.name] for r in rules if r.name in self._reports)
 
+    def _ready(self) -> bool:
+        # In a cluster, also a live lease: a fenced replica copies nothing.
+        ready = self._scheduler is not None and self._scheduler.ready
+        return ready and (self._replica is None or self._replica.ready)
+
     def _webhook_token(self) -> Secret | None:
         return self._config.server.webhook_token if self._config else None
 
@@ -366,6 +402,8 @@ class Daemon:
             previous.retire()
             self._retired.add(previous)
             self._retired = {s for s in self._retired if not s.task or not s.task.done()}
+        if new.cluster != old.cluster:
+            logger.warning("cluster changed: it takes effect at the next restart")
         if self._listen is None and new.server.listen != old.server.listen:
             logger.warning("server.listen changed: it takes effect at the next restart")
         self._config = new

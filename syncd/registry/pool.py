@@ -54,7 +54,8 @@ class ClientPool:
         self._env_proxies: EnvProxies | None = None
         self._metrics = metrics
         self._retries = retries
-        self._user_agent = user_agent
+        # Public: a cluster replica names itself in it, so registry logs tell replicas apart.
+        self.user_agent = user_agent
         self._clients: dict[str, AnyClient] = {}
         # The clients this pool closes: those it made, and those handed over to it.
         self._owned: set[str] = set()
@@ -130,7 +131,7 @@ class ClientPool:
             ssl=tls,
             max_concurrency=reg.max_concurrency,
             retries=self._retries,
-            user_agent=self._user_agent,
+            user_agent=self.user_agent,
             username=reg.username,
             proxy=route if route else None,
         )

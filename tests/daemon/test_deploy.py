@@ -194,3 +194,45 @@ def test_kubernetes_manifests_fit_together() -> None:
     assert notes["prometheus.io/scrape"] == "true"
     assert notes["prometheus.io/path"] == "/metrics"
     assert int(notes["prometheus.io/port"]) in (svc_port["port"], port_of(svc_port["targetPort"]))
+
+
+def test_kubernetes_cluster_manifests_fit_together() -> None:
+    objects: dict[str, dict[str, Any]] = {}
+    for path in sorted((K8S / "cluster").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                objects[doc["kind"]] = doc
+    sts, cm, pdb, svc = (
+        objects[k] for k in ("StatefulSet", "ConfigMap", "PodDisruptionBudget", "Service")
+    )
+    assert sts["spec"]["replicas"] == 3
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    text = cm["data"]["config.yaml"]
+    wanted = set(re.findall(r"\$\{(\w+)\}", text))
+    # The replica name is the pod's; every other ${VAR} (the etcd password too) is a Secret's.
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert all("secretKeyRef" in env[n]["valueFrom"] for n in wanted - {"POD_NAME"})
+    config = load_config_text(
+        text,
+        environ={n: "syncd-0" if n == "POD_NAME" else "x" * 12 for n in wanted},
+        check_files=False,
+    )
+    assert config.cluster is not None
+    assert config.cluster.name == "syncd-0" and config.cluster.expected_members == 3
+    # The etcd TLS files the config names are mounted from the Secret.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tls_dir = mounts["etcd-tls"]
+    items = {i["path"] for i in volumes["etcd-tls"]["secret"]["items"]}
+    for path in (config.cluster.etcd.ca_file, config.cluster.etcd.client_cert):
+        assert path is not None and path.startswith(tls_dir + "/")
+        assert path.rpartition("/")[2] in items
+    args = container["args"]
+    assert args[args.index("-c") + 1] == f"{mounts['config']}/config.yaml"

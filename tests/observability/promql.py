@@ -33,6 +33,7 @@ def exposed_metrics() -> dict[str, frozenset[str]]:
     suffixes exactly as Prometheus will store them.
     """
     metrics = Metrics()
+    metrics.enable_cluster(expected_members=3)  # what `syncd run` with a cluster: section adds
     for value in vars(metrics).values():
         # _labelnames is prometheus_client's record of the declared labels; there is no
         # public accessor, and the declared labels are exactly what this check is about.

@@ -27,6 +27,9 @@ EXPECTED = {
     "SyncdConfigReloadFailing",
     "SyncdPullBudgetLow",
     "SyncdPruneHeldBack",
+    "SyncdClusterReplicaWithoutLease",
+    "SyncdClusterMembersMissing",
+    "SyncdClusterUnownedUnits",
 }
 
 

@@ -386,7 +386,7 @@ CASES: list[tuple[str, str, list[tuple[int, int, str, str]]]] = [
     (
         "unknown-top-level-no-guess",
         BASE + "zzz: 1\n",
-        [(11, 1, "zzz", "allowed here: defaults, registries, rules, server")],
+        [(11, 1, "zzz", "allowed here: cluster, defaults, registries, rules, server, state")],
     ),
     (
         "unknown-registry-key",
@@ -873,6 +873,79 @@ def test_values_from_env_are_masked_in_messages() -> None:
     (p,) = problems(BASE + "    tags: {include: ['${RX}']}\n", {"RX": "abc("})
     assert p.message.startswith("invalid regex (value from the environment):")
     assert "abc(" not in p.message
+
+
+def test_env_values_fill_numbers_booleans_and_durations() -> None:
+    text = (
+        BASE.replace(
+            "url: http://127.0.0.1:5002",
+            "url: http://127.0.0.1:5002\n    max_concurrency: ${N}\n    tls_verify: ${VERIFY}\n"
+            "    requests_per_second: ${RPS}\n    username: u\n    password: ${PW}",
+        )
+        + "    retries: ${RETRIES}\n    interval: ${EVERY}\n    overwrite: ${OVERWRITE}\n"
+    )
+    env = {
+        "N": "3",
+        "VERIFY": "false",
+        "RPS": "2.5",
+        "PW": "12345",
+        "RETRIES": "7",
+        "EVERY": "5m",
+        "OVERWRITE": "True",
+    }
+    config = load(text, env)
+    dst = config.registries["dst"]
+    assert (dst.max_concurrency, dst.tls_verify, dst.requests_per_second) == (3, False, 2.5)
+    assert dst.password is not None and dst.password.reveal() == "12345"  # a string key
+    rule = config.rules[0]
+    assert (rule.retries, rule.interval, rule.overwrite) == (7, 300.0, True)
+
+
+@pytest.mark.parametrize(
+    ("line", "value", "expected"),
+    [
+        ("    retries: ${X}\n", "seven", "expected an integer"),
+        ("    overwrite: ${X}\n", "yes-secret", "expected true or false"),
+        ("    retries: ${X}\n", "1.5", "expected an integer"),
+    ],
+)
+def test_env_value_of_the_wrong_kind_is_located_and_not_echoed(
+    line: str, value: str, expected: str
+) -> None:
+    (p,) = problems(BASE + line, {"X": value})
+    key = line.strip().split(":")[0]
+    assert (p.line, p.column, p.key) == (
+        11,
+        len(line) - len(line.lstrip()) + len(key) + 3,
+        f"rules[0].{key}",
+    )
+    assert p.message.startswith(expected)
+    assert "(value from the environment)" in p.message
+    assert value not in p.message
+
+
+def test_fields_that_come_from_the_place_are_unknown_keys_in_the_file() -> None:
+    # A registry is named by its key and the config's path is the file's: writing them is
+    # an unknown key, and the allowed keys offered leave them out.
+    text = BASE.replace("  dst:\n", "  dst:\n    name: other\n") + "path: /elsewhere\n"
+    found = [(p.line, p.column, p.key, p.message) for p in problems(text)]
+    assert found == [
+        (5, 5, "registries.dst.name", "unknown key 'name' (did you mean 'username'?)"),
+        (
+            12,
+            1,
+            "path",
+            "unknown key 'path'; allowed here: cluster, defaults, registries, rules, server, state",
+        ),
+    ]
+
+
+def test_quoted_env_value_stays_a_string() -> None:
+    (p,) = problems(BASE + '    retries: "${X}"\n', {"X": "3"})
+    assert (p.key, p.message) == (
+        "rules[0].retries",
+        "expected an integer, got a string (value from the environment)",
+    )
 
 
 # ------------------------------------------------------------------ files

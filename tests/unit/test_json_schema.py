@@ -69,6 +69,8 @@ _MINIMAL = {
         ({"overwrite": "yes"}, False),  # strict: a YAML string is no boolean
         ({"colour": "blue"}, False),  # unknown key
         ({"targets": 3}, False),
+        ({"retries": "${RETRIES}", "overwrite": "${OVERWRITE}"}, True),  # from the environment
+        ({"retries": "${RETRIES} and more"}, False),
     ],
 )
 def test_the_schema_accepts_what_the_loader_accepts(change: dict[str, Any], accepted: bool) -> None:

@@ -19,18 +19,25 @@ L0 = {
     "syncd.webhooks",
     "syncd.config",
     "syncd.config.schema",
+    "syncd.config.values",
+    "syncd.config.env",
     "syncd.secret",
     "syncd.durations",
     "syncd.proxy",
     "syncd.state",
+    "syncd.ownership",
+    "syncd.cluster.rendezvous",
 }
 L1_PREFIXES = (
     "syncd.config.load",
     "syncd.config.json_schema",
+    "syncd.config.yaml_positions",
+    "syncd.config.checks",
     "syncd.registry",
     "syncd.layout",
     "syncd.metrics",
     "syncd.logs",
+    "syncd.cluster",
     "syncd.state_sqlite",
 )
 L2_PREFIXES = (
