@@ -163,3 +163,17 @@ def test_cluster_problems(cluster: str, where: str, text: str) -> None:
         load(cluster)
     shown = [f"{p.line}:{p.column} {p.message}" for p in e.value.problems]
     assert any(s.startswith(where) and text in s for s in shown), shown
+
+
+def test_a_single_process_never_imports_the_etcd_client() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, syncd.cli, syncd.daemon.lifecycle, syncd.sync, syncd.server;"
+        "print('aetcd' in sys.modules, 'grpc' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["False", "False"]
