@@ -20,11 +20,9 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from syncd.blobs_session import (
-    LRU,
     BlobCounts,
     Pieces,
     UploadSession,
@@ -32,22 +30,20 @@ from syncd.blobs_session import (
     force_put,
     transfer_needs,
 )
+from syncd.endpoint import Endpoint, registry_of
 from syncd.errors import (
     AuthError,
     ClientRequestError,
     DigestMismatchError,
     SyncdError,
 )
+from syncd.lru import LRU
 from syncd.manifest import Descriptor
-from syncd.registry.pool import AnyClient
 from syncd.registry.slots import TransferSlots
-from syncd.state import MemoryStore, StateStore, registry_key
+from syncd.state import MemoryStore, StateStore
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
-
-# LRU and BlobCounts live in blobs_session and are still imported from here.
-__all__ = ["LRU", "BlobCounts", "BlobMover", "Endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +61,6 @@ PRESENT_TTL = 600.0
 CHUNKED_THRESHOLD = 32 * 1024 * 1024
 # 16 MiB: few requests per blob for a busy target, little to redo if a chunk is lost.
 UPLOAD_CHUNK = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A repository on a registry."""
-
-    client: AnyClient
-    repository: str
-
-    def __str__(self) -> str:
-        return f"{self.client.name}/{self.repository}"
-
-
-def registry_of(t: Endpoint) -> str:
-    """The state store's name for ``t``'s registry (its normalised address); a client
-    without an HTTP transport (a local layout) is named by its ``host``."""
-    transport = getattr(t.client, "transport", None)
-    return registry_key(transport.base_url if transport is not None else t.client.host)
 
 
 class BlobMover:

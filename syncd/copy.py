@@ -23,9 +23,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
+from syncd.blobs import BlobMover
+from syncd.blobs_session import BlobCounts
 from syncd.copy_flight import Lookahead, OnePerKey, gather_all
 from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec, filter_platforms
+from syncd.endpoint import Endpoint
 from syncd.errors import (
     ManifestInvalidError,
     NotFoundError,
@@ -34,6 +36,7 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.facts import TargetFacts
+from syncd.lru import LRU
 from syncd.manifest import Descriptor, Manifest, Platform
 from syncd.rules import backup_tag, platform_selected
 from syncd.state import StateStore

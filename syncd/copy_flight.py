@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from syncd.errors import SyncdError
 
 if TYPE_CHECKING:
-    from syncd.blobs import Endpoint
-    from syncd.registry.client import ManifestInfo
+    from syncd.endpoint import Endpoint
+    from syncd.storage import ManifestHead
 
 T = TypeVar("T")
 # What a copy waiting on another one gets: the error that one ended with, or None.
@@ -37,10 +37,10 @@ class Lookahead:
     error goes unobserved.
     """
 
-    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestInfo | None]]) -> None:
+    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestHead | None]]) -> None:
         self._tasks = tasks
 
-    def take(self, t: Endpoint) -> asyncio.Future[ManifestInfo | None] | None:
+    def take(self, t: Endpoint) -> asyncio.Future[ManifestHead | None] | None:
         return self._tasks.pop(t, None)
 
     async def close(self) -> None:

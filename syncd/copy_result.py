@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from syncd.blobs import Endpoint
+from syncd.endpoint import Endpoint
 from syncd.errors import ManifestInvalidError
 from syncd.manifest import Manifest, parse_manifest
 from syncd.rules import platform_selected

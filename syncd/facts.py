@@ -22,8 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from syncd.blobs import LRU, Endpoint, registry_of
+from syncd.endpoint import Endpoint, registry_of
 from syncd.errors import SyncdError
+from syncd.lru import LRU
 from syncd.manifest import Manifest
 from syncd.state import StateStore
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.endpoint import Endpoint
 from syncd.errors import SyncdError, failure_reason
 from syncd.manifest import Descriptor
 

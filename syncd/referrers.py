@@ -29,10 +29,10 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
 from syncd.copy import CopyEngine
 from syncd.copy_result import ImageResult, TargetSpec
+from syncd.endpoint import Endpoint
 from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
 from syncd.manifest import INDEX_TYPES, OCI_INDEX, Manifest, parse_manifest
 from syncd.referrers_tags import (
@@ -45,7 +45,7 @@ from syncd.referrers_tags import (
     is_signature_type,
     merge_fallback_index,
 )
-from syncd.registry.client import ManifestInfo
+from syncd.storage import ManifestHead
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -184,7 +184,7 @@ class SourceReferrers:
         """Whether this rule looks at referrers at all (to copy them, or for the gate)."""
         return self.rule.referrers or self.rule.require_signature
 
-    async def resolve(self, reference: str) -> ManifestInfo | None:
+    async def resolve(self, reference: str) -> ManifestHead | None:
         """The source's HEAD of ``reference``, or None if absent or failed.
 
         Without a gate the copy then reports the problem itself; with one, ``unsigned``
@@ -334,7 +334,7 @@ class SourceReferrers:
                 break
         return out, indexes
 
-    async def unsigned(self, reference: str, head: ManifestInfo | None) -> SyncdError | None:
+    async def unsigned(self, reference: str, head: ManifestHead | None) -> SyncdError | None:
         """None if a signature refers to the image at the source, else the error to report.
 
         ``head`` is ``resolve``'s answer; None (not found, or the HEAD failed) fails the gate
@@ -360,7 +360,7 @@ class SourceReferrers:
             " (require_signature)"
         )
 
-    async def subjects(self, head: ManifestInfo, image: ImageResult) -> list[str]:
+    async def subjects(self, head: ManifestHead, image: ImageResult) -> list[str]:
         """The digests whose referrers go with this image: it and its index's children."""
         if not await self._source_api(head.digest) and not self.tags:
             return []  # no API and no referrer tag in the repository: nothing to find
@@ -379,7 +379,7 @@ class SourceReferrers:
     # -- copying -------------------------------------------------------------------------
     async def carry(
         self,
-        head: ManifestInfo,
+        head: ManifestHead,
         image: ImageResult,
         specs: Sequence[TargetSpec],
         *,
@@ -394,7 +394,7 @@ class SourceReferrers:
             return await self._carry(head, image, specs, dry_run)
 
     async def _carry(
-        self, head: ManifestInfo, image: ImageResult, specs: Sequence[TargetSpec], dry_run: bool
+        self, head: ManifestHead, image: ImageResult, specs: Sequence[TargetSpec], dry_run: bool
     ) -> Carried:
         carried = Carried()
         live = [

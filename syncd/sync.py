@@ -14,14 +14,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.endpoint import Endpoint
 from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
 from syncd.plan import PlanEntry, plan_entries
 from syncd.prune import Listing, PruneOutcome, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
-from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
 from syncd.report import ImageFailure, rule_report
 from syncd.results import RulePassResult as RulePassResult
@@ -35,6 +34,7 @@ from syncd.rules import (
     target_repository,
 )
 from syncd.state_sqlite import open_state
+from syncd.storage import ManifestHead
 from syncd.sync_quota import left_alone, new_tags_first
 from syncd.target_bytes import TargetBytes
 
@@ -332,7 +332,7 @@ class Syncer:
         job: _Job,
         result: RulePassResult,
         source: str,
-        head: ManifestInfo | None,
+        head: ManifestHead | None,
         unsigned: SyncdError,
         dry_run: bool,
     ) -> None:

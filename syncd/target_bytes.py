@@ -11,7 +11,7 @@ import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from syncd.blobs import Endpoint
+from syncd.endpoint import Endpoint
 from syncd.errors import SyncdError
 from syncd.state import StateStore
 

@@ -23,6 +23,9 @@ L0 = {
     "syncd.durations",
     "syncd.proxy",
     "syncd.state",
+    "syncd.storage",
+    "syncd.endpoint",
+    "syncd.lru",
 }
 L1_PREFIXES = (
     "syncd.config.load",
