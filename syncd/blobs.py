@@ -40,6 +40,7 @@ from syncd.errors import (
 from syncd.lru import LRU
 from syncd.manifest import Descriptor
 from syncd.registry.slots import TransferSlots
+from syncd.singleflight import Flight, SingleFlight
 from syncd.state import MemoryStore, StateStore
 
 if TYPE_CHECKING:
@@ -82,10 +83,10 @@ class BlobMover:
         self.store: StateStore = store if store is not None else MemoryStore()
         # (target registry, repository, digest) -> when this process last saw it there
         self._present: LRU = LRU(MAX_LOCATIONS)
-        # (target registry, repository, digest) -> future of the task making it present
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
-        # (target registry, digest) -> future of an upload under way somewhere in it
-        self._uploading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        # (target registry, repository, digest): the work making it present there
+        self._inflight: SingleFlight[tuple[str, str, str], str] = SingleFlight()
+        # (target registry, digest): an upload under way somewhere in that registry
+        self._uploading: SingleFlight[tuple[str, str], None] = SingleFlight()
         # Source and target connections of a tee, taken together (see registry/slots.py).
         self.slots = TransferSlots()
         # Asked, when a blob is missing from a repository and nothing is known of it, for
@@ -107,32 +108,30 @@ class BlobMover:
         task (single-flight); a failed task is forgotten so a later caller tries again.
         Per-target errors land in ``failures``; one target's failure never stops another.
         """
-        waits: list[tuple[Endpoint, asyncio.Future[str]]] = []
+        waits: list[tuple[Endpoint, Flight[str]]] = []
         mine: list[tuple[Endpoint, asyncio.Future[str]]] = []
         for t in targets:
             if t in failures:
                 continue
-            key = (t.client.name, t.repository, blob.digest)
-            fut = self._inflight.get(key)
-            if fut is not None:
-                waits.append((t, fut))
+            flight = self._inflight.claim((t.client.name, t.repository, blob.digest))
+            if flight is not None:
+                waits.append((t, flight))
                 continue
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[key] = fut
-            mine.append((t, fut))
+            mine.append((t, asyncio.get_running_loop().create_future()))
         # Claim each target registry for this blob before the first await: a concurrent
         # copy of the same blob into another repository of that registry then waits and
         # mounts instead of uploading it again. All claims are taken in one step, so two
         # copies spanning the same registries can never wait on each other.
         claims: list[tuple[str, str]] = []
-        pending: dict[Endpoint, asyncio.Future[str]] = {}
+        pending: dict[Endpoint, Flight[None]] = {}
         for t, _ in mine:
             reg_key = (t.client.name, blob.digest)
-            other = self._uploading.get(reg_key)
+            if reg_key in claims:
+                continue
+            other = self._uploading.claim(reg_key)
             if other is None:
-                self._uploading[reg_key] = asyncio.get_running_loop().create_future()
                 claims.append(reg_key)
-            elif reg_key not in claims:
+            else:
                 pending[t] = other
         try:
             prepared = await asyncio.gather(
@@ -153,19 +152,20 @@ class BlobMover:
                 await self._upload(source, blob, uploads, counts)
         finally:
             for reg_key in claims:
-                self._uploading.pop(reg_key).set_result("done")
+                self._uploading.land(reg_key)
             for t, fut in mine:
-                self._inflight.pop((t.client.name, t.repository, blob.digest), None)
                 if not fut.done():
                     fut.cancel()
+                self._inflight.land((t.client.name, t.repository, blob.digest), **_ended(fut))
         for t, fut in mine:
             if not fut.cancelled() and fut.exception() is not None:
                 failures.setdefault(t, fut.exception())  # type: ignore[arg-type]
-        for t, fut in waits:
-            try:
-                await asyncio.shield(fut)
-            except SyncdError as e:
-                failures.setdefault(t, e)
+        for t, flight in waits:
+            err = (await SingleFlight.join(flight)).error
+            if isinstance(err, SyncdError):
+                failures.setdefault(t, err)
+            elif err is not None:
+                raise err
 
     def _remember(self, t: Endpoint, digest: str) -> None:
         self.store.blob_put(registry_of(t), digest, t.repository)
@@ -192,7 +192,7 @@ class BlobMover:
         t: Endpoint,
         blob: Descriptor,
         counts: BlobCounts,
-        pending: asyncio.Future[str] | None,
+        pending: Flight[None] | None,
     ) -> str | None:
         """None if the blob is (now) in ``t``; else an upload location to stream it to."""
         if self._seen(t, blob.digest):
@@ -206,8 +206,8 @@ class BlobMover:
             return await self._mount(t, blob, counts, source.repository)
         if pending is not None:
             # Another repository of this registry is receiving it now: wait, then mount.
-            with contextlib.suppress(SyncdError, asyncio.CancelledError):
-                await asyncio.shield(pending)
+            with contextlib.suppress(asyncio.CancelledError):
+                await SingleFlight.join(pending)
         location: str | None = None
         known = self.store.blob_where(registry_of(t), blob.digest)
         if known and known != t.repository and t.client.can_mount:
@@ -563,3 +563,11 @@ class BlobMover:
             )
             offset = boundary
             s.acked = offset
+
+
+def _ended(fut: asyncio.Future[str]) -> dict[str, Any]:
+    """How one target's part of a flight ended, as ``SingleFlight.land`` shares it."""
+    if fut.cancelled():
+        return {"error": asyncio.CancelledError()}
+    err = fut.exception()
+    return {"error": err} if err is not None else {"value": fut.result()}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from syncd.blobs import BlobMover
 from syncd.blobs_session import BlobCounts
-from syncd.copy_flight import Lookahead, OnePerKey, gather_all
+from syncd.copy_flight import Lookahead, TargetClaims, gather_all
 from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec, filter_platforms
 from syncd.endpoint import Endpoint
 from syncd.errors import (
@@ -39,6 +39,7 @@ from syncd.facts import TargetFacts
 from syncd.lru import LRU
 from syncd.manifest import Descriptor, Manifest, Platform
 from syncd.rules import backup_tag, platform_selected
+from syncd.singleflight import SingleFlight
 from syncd.state import StateStore
 
 if TYPE_CHECKING:
@@ -76,11 +77,11 @@ class CopyEngine:
         self.blobs = blobs or BlobMover(metrics, store=store)
         self.store = self.blobs.store
         self._manifests: LRU = LRU(MAX_MANIFESTS)
-        self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
+        self._fetching: SingleFlight[str, Manifest] = SingleFlight()
         # (target registry, repository, tag, digest): the copy of a tag under way
-        self._tag_copies = OnePerKey()
+        self._tag_copies = TargetClaims()
         # (target registry, repository, child digest): the push of an index child under way
-        self._child_pushes = OnePerKey()
+        self._child_pushes = TargetClaims()
         # Trusted target tags (``target_recheck``), images found complete at a target and
         # where else a blob may be there: kept in the state store.
         self.facts = TargetFacts(self.store, self.manifest, self.children)
@@ -102,21 +103,18 @@ class CopyEngine:
         # Tags that share a manifest (``latest`` and the newest version) are resolved at
         # the same moment; one GET serves them all. A failed GET is not shared: it may be
         # this repository's problem only, so each waiter then tries for itself.
-        pending = self._fetching.get(digest)
-        if pending is not None:
-            shared = await asyncio.shield(pending)
+        flight = self._fetching.claim(digest)
+        if flight is not None:
+            shared = (await SingleFlight.join(flight)).value
             if shared is not None:
                 return shared
             return await self.manifest(endpoint, digest)
-        fut: asyncio.Future[Manifest | None] = asyncio.get_running_loop().create_future()
-        self._fetching[digest] = fut
         m: Manifest | None = None
         try:
             m = await endpoint.client.manifest_get(endpoint.repository, digest)
             self._manifests.remember(digest, m)
         finally:
-            del self._fetching[digest]
-            fut.set_result(m)
+            self._fetching.land(digest, m)
         return m
 
     async def resolve(
@@ -277,7 +275,7 @@ class CopyEngine:
             counts, seconds = await self._copy_to(
                 source, result, [spec for _, _, spec in claimed], failures
             )
-        await OnePerKey.join(joined, failures)
+        await TargetClaims.join(joined, failures)
         for outcome, spec in zip(result.outcomes, targets, strict=True):
             if outcome.action != "copying":
                 continue
@@ -448,7 +446,7 @@ class CopyEngine:
                 await self._push_child_to(
                     source, [t for _, t, _ in claimed], digest, counts, failures
                 )
-        await OnePerKey.join(joined, failures)
+        await TargetClaims.join(joined, failures)
 
     async def _push_child_to(
         self,

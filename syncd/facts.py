@@ -26,6 +26,7 @@ from syncd.endpoint import Endpoint, registry_of
 from syncd.errors import SyncdError
 from syncd.lru import LRU
 from syncd.manifest import Manifest
+from syncd.singleflight import SingleFlight
 from syncd.state import StateStore
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ class TargetFacts:
         self._children = children
         # (registry, digest) of the images already read for blobs by this process
         self._located: LRU = LRU(MAX_LOCATED)
-        self._locating: dict[str, asyncio.Lock] = {}
+        # registry: one lookup at a time, so a second finds what the first recorded
+        self._locating: SingleFlight[str, None] = SingleFlight()
 
     def forget_registry(self, name: str) -> None:
         """Drop what this process read about registry ``name`` (a reload changed it); the
@@ -129,7 +131,7 @@ class TargetFacts:
         not read again. Best effort: a manifest that cannot be read only means no hint.
         """
         registry = key_of(t)
-        async with self._locating.setdefault(registry, asyncio.Lock()):
+        async with self._locating.turn(registry):
             found = self.store.blob_where(registry, digest)
             if found:
                 return found

@@ -25,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from syncd.config.schema import RuleConfig
@@ -45,6 +44,7 @@ from syncd.referrers_tags import (
     is_signature_type,
     merge_fallback_index,
 )
+from syncd.singleflight import SingleFlight
 from syncd.storage import ManifestHead
 
 if TYPE_CHECKING:
@@ -83,24 +83,9 @@ class ReferrerSync:
         # registry name -> whether it answers the referrers API
         self._api: dict[str, bool] = {}
         self._probe = asyncio.Lock()
-        # (source repository, digest) -> (lock, users): two tags of one image in a pass
-        # carry its referrers one after the other, so the second finds them there.
-        self._carrying: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        """Serialise work on one key; the entry is dropped when its last user leaves."""
-        lock, users = self._carrying.get(key, (asyncio.Lock(), 0))
-        self._carrying[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._carrying[key]
-            if users == 1:
-                del self._carrying[key]
-            else:
-                self._carrying[key] = (lock, users - 1)
+        # (source repository, digest): two tags of one image in a pass carry its referrers
+        # one after the other, so the second finds them there.
+        self.carrying: SingleFlight[tuple[str, str], None] = SingleFlight()
 
     def forget_registry(self, name: str) -> None:
         """Ask registry ``name`` about the referrers API again (a reload changed it)."""
@@ -390,7 +375,7 @@ class SourceReferrers:
         A failure marks the image failed at that target (its outcome), so the pass reports
         it and the next pass, finding the image up to date, tries the referrers again.
         """
-        async with self.sync.hold((str(self.source), head.digest)):
+        async with self.sync.carrying.turn((str(self.source), head.digest)):
             return await self._carry(head, image, specs, dry_run)
 
     async def _carry(

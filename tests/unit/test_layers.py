@@ -51,6 +51,7 @@ L2_PREFIXES = (
     "syncd.facts",
     "syncd.prune",
     "syncd.results",
+    "syncd.singleflight",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
