@@ -19,8 +19,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from syncd.blobs_session import (
     BlobCounts,
@@ -64,6 +64,12 @@ CHUNKED_THRESHOLD = 32 * 1024 * 1024
 UPLOAD_CHUNK = 16 * 1024 * 1024
 
 
+class BlobLocator(Protocol):
+    """Finds another repository of a target's registry that holds a blob, if it can."""
+
+    async def locate(self, t: Endpoint, digest: str) -> str | None: ...
+
+
 class BlobMover:
     """Makes blobs present at targets; records, per target registry, where they live (in
     the state store, so a later process mounts what an earlier one stored)."""
@@ -75,6 +81,7 @@ class BlobMover:
         chunked_threshold: int = CHUNKED_THRESHOLD,
         chunk_size: int = UPLOAD_CHUNK,
         store: StateStore | None = None,
+        locator: BlobLocator | None = None,
     ) -> None:
         self.metrics = metrics
         self.chunked_threshold = chunked_threshold
@@ -90,9 +97,9 @@ class BlobMover:
         # Source and target connections of a tee, taken together (see registry/slots.py).
         self.slots = TransferSlots()
         # Asked, when a blob is missing from a repository and nothing is known of it, for
-        # another repository of that registry that has it (the copy engine looks through
-        # images it found up to date there: see TargetFacts.locate).
-        self.locate: Callable[[Endpoint, str], Awaitable[str | None]] | None = None
+        # another repository of that registry that has it (the copy engine's TargetFacts
+        # looks through images it found up to date there).
+        self.locator = locator
 
     async def ensure_blob(
         self,
@@ -222,12 +229,12 @@ class BlobMover:
                     await t.client.upload_cancel(t.repository, location)
             self._skipped(t, blob, counts)
             return None
-        if location is None and self.locate is not None and t.client.can_mount:
+        if location is None and self.locator is not None and t.client.can_mount:
             # Missing here, and this process has not seen it in another repository of the
             # registry: one that holds an image found up to date may have it (a base layer
             # shared across repositories, in a fresh `once`). A declined mount opens the
             # upload session the blob needs anyway, so a wrong guess costs no request.
-            elsewhere = await self.locate(t, blob.digest)
+            elsewhere = await self.locator.locate(t, blob.digest)
             if elsewhere and elsewhere != t.repository:
                 location = await self._mount(t, blob, counts, elsewhere)
                 if location is None:

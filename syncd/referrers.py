@@ -355,7 +355,7 @@ class SourceReferrers:
         if image.digest == head.digest:
             out.append(head.digest)
         if head.media_type in INDEX_TYPES or image.digest != head.digest:
-            m = image.manifest or await self.sync.engine.desired(
+            m = image.manifest or await self.sync.engine.platforms.desired(
                 self.source, head.digest, self.rule.platforms
             )
             out.extend(c.digest for c in m.children)
@@ -528,11 +528,7 @@ class SourceReferrers:
             m = parse_manifest(raw, OCI_INDEX, where=f"{t}:{tag}")
             # Two jobs of one digest may merge at once; both add the same entries, so the
             # later PUT loses nothing the earlier one wrote.
-            await t.client.manifest_put(t.repository, tag, m.raw, m.media_type)
-            if self.sync.engine.metrics:
-                self.sync.engine.metrics.manifest_pushes.labels(
-                    target=t.client.name, repository=t.repository
-                ).inc()
+            await self.sync.engine.put_manifest(t, tag, m)
             log.info(
                 "updated referrers index %s:%s (%d entries)",
                 t,

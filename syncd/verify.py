@@ -161,7 +161,7 @@ class Verifier:
                 self._problem(rule, ERROR, f"{source}:{tag}", "gone from the source")
                 return
             try:
-                want = await self.engine.desired(source, info.digest, rule.platforms)
+                want = await self.engine.platforms.desired(source, info.digest, rule.platforms)
             except ManifestInvalidError as e:
                 # Not of a selected platform: a pass fails it; there is nothing to expect.
                 self._problem(rule, ERROR, f"{source}:{tag}", str(e))

@@ -52,6 +52,7 @@ L2_PREFIXES = (
     "syncd.prune",
     "syncd.results",
     "syncd.singleflight",
+    "syncd.platforms",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 
