@@ -51,6 +51,7 @@ L2_PREFIXES = (
     "syncd.facts",
     "syncd.prune",
     "syncd.results",
+    "syncd.accounting",
     "syncd.singleflight",
     "syncd.platforms",
 )
