@@ -44,14 +44,6 @@ from syncd.state import MemoryStore, StateStore
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
-# The values and helpers split out of this module are still imported from here.
-__all__ = [
-    "CopyEngine",
-    "ImageResult",
-    "Lookahead",
-    "TargetOutcome",
-    "TargetSpec",
-]
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Concurrency helpers of the copy engine: side-by-side awaits, early target HEADs, and
-"one copy at a time per key, the others share its outcome"."""
+single-flight claims taken for a batch of targets at once (over ``syncd.singleflight``)."""
 
 from __future__ import annotations
 

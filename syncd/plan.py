@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from syncd.config.schema import RuleConfig
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
 from syncd.endpoint import Endpoint
 from syncd.errors import SyncdError, failure_reason
 from syncd.manifest import Descriptor, Manifest

@@ -20,6 +20,8 @@ from syncd.manifest import Manifest
 
 # A request body that can be produced (once) as a stream of chunks.
 BodyFactory = Callable[[], AsyncIterable[bytes]]
+# What an upload request carries: bytes in hand, or a stream.
+Body = bytes | BodyFactory
 
 
 class ManifestHead(Protocol):
@@ -95,23 +97,16 @@ class ImageStore(Protocol):
     async def upload_start(self, repository: str) -> str: ...
 
     async def upload_patch(
-        self,
-        repository: str,
-        location: str,
-        offset: int,
-        chunk: bytes | BodyFactory,
-        *,
-        length: int | None = None,
-    ) -> str: ...
+        self, repository: str, location: str, offset: int, chunk: Body, *, length: int | None = None
+    ) -> str:
+        """One chunk at ``offset`` (a stream states its ``length``); the next location."""
+        ...
 
     async def upload_put(
-        self,
-        repository: str,
-        location: str,
-        digest: str,
-        size: int,
-        body: BodyFactory | bytes | None = None,
-    ) -> None: ...
+        self, repository: str, location: str, digest: str, size: int, body: Body | None = None
+    ) -> None:
+        """Commit the upload as ``digest`` (with its last bytes, if any)."""
+        ...
 
     async def upload_status(self, repository: str, location: str) -> tuple[int, str]: ...
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from syncd.accounting import Accounting
 from syncd.config.schema import Config, RuleConfig
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
 from syncd.endpoint import Endpoint
 from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError
 from syncd.plan import PlanEntry, plan_entries

@@ -16,7 +16,8 @@ from syncd.errors import SyncdError
 from syncd.state import StateStore
 
 if TYPE_CHECKING:
-    from syncd.copy import CopyEngine, ImageResult
+    from syncd.copy import CopyEngine
+    from syncd.copy_result import ImageResult
     from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
 from syncd.endpoint import Endpoint
 from syncd.errors import ClientRequestError, NotFoundError
 from syncd.manifest import Manifest, parse_manifest
