@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -120,11 +121,15 @@ class BlobMover:
         for t in targets:
             if t in failures:
                 continue
-            flight = self._inflight.claim((t.client.name, t.repository, blob.digest))
+            key = (t.client.name, t.repository, blob.digest)
+            flight = self._inflight.claim(key)
             if flight is not None:
                 waits.append((t, flight))
                 continue
-            mine.append((t, asyncio.get_running_loop().create_future()))
+            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            # Waiters get this target's outcome when it is known, not when the batch ends.
+            fut.add_done_callback(functools.partial(self._landed, key))
+            mine.append((t, fut))
         # Claim each target registry for this blob before the first await: a concurrent
         # copy of the same blob into another repository of that registry then waits and
         # mounts instead of uploading it again. All claims are taken in one step, so two
@@ -160,10 +165,9 @@ class BlobMover:
         finally:
             for reg_key in claims:
                 self._uploading.land(reg_key)
-            for t, fut in mine:
+            for _, fut in mine:
                 if not fut.done():
                     fut.cancel()
-                self._inflight.land((t.client.name, t.repository, blob.digest), **_ended(fut))
         for t, fut in mine:
             if not fut.cancelled() and fut.exception() is not None:
                 failures.setdefault(t, fut.exception())  # type: ignore[arg-type]
@@ -173,6 +177,15 @@ class BlobMover:
                 failures.setdefault(t, err)
             elif err is not None:
                 raise err
+
+    def _landed(self, key: tuple[str, str, str], fut: asyncio.Future[str]) -> None:
+        """One target's part of a flight ended: share how, and free its key."""
+        if fut.cancelled():
+            self._inflight.land(key, error=asyncio.CancelledError())
+        elif (err := fut.exception()) is not None:
+            self._inflight.land(key, error=err)
+        else:
+            self._inflight.land(key, fut.result())
 
     def _remember(self, t: Endpoint, digest: str) -> None:
         self.store.blob_put(registry_of(t), digest, t.repository)
@@ -570,11 +583,3 @@ class BlobMover:
             )
             offset = boundary
             s.acked = offset
-
-
-def _ended(fut: asyncio.Future[str]) -> dict[str, Any]:
-    """How one target's part of a flight ended, as ``SingleFlight.land`` shares it."""
-    if fut.cancelled():
-        return {"error": asyncio.CancelledError()}
-    err = fut.exception()
-    return {"error": err} if err is not None else {"value": fut.result()}
