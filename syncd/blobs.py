@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from syncd.blobs_session import (
-    LRU,
     BlobCounts,
     Pieces,
     UploadSession,
@@ -32,22 +31,21 @@ from syncd.blobs_session import (
     force_put,
     transfer_needs,
 )
+from syncd.endpoint import Endpoint, registry_of
 from syncd.errors import (
     AuthError,
     ClientRequestError,
     DigestMismatchError,
     SyncdError,
 )
+from syncd.lru import LRU
 from syncd.manifest import Descriptor
-from syncd.registry.pool import AnyClient
 from syncd.registry.slots import TransferSlots
-from syncd.state import MemoryStore, StateStore, registry_key
+from syncd.singleflight import Flight, SingleFlight
+from syncd.state import MemoryStore, StateStore
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
-
-# LRU and BlobCounts live in blobs_session and are still imported from here.
-__all__ = ["LRU", "BlobCounts", "BlobMover", "Endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +65,10 @@ CHUNKED_THRESHOLD = 32 * 1024 * 1024
 UPLOAD_CHUNK = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A repository on a registry."""
+class BlobLocator(Protocol):
+    """Finds another repository of a target's registry that holds a blob, if it can."""
 
-    client: AnyClient
-    repository: str
-
-    def __str__(self) -> str:
-        return f"{self.client.name}/{self.repository}"
-
-
-def registry_of(t: Endpoint) -> str:
-    """The state store's name for ``t``'s registry (its normalised address); a client
-    without an HTTP transport (a local layout) is named by its ``host``."""
-    transport = getattr(t.client, "transport", None)
-    return registry_key(transport.base_url if transport is not None else t.client.host)
+    async def locate(self, t: Endpoint, digest: str) -> str | None: ...
 
 
 class BlobMover:
@@ -96,6 +82,7 @@ class BlobMover:
         chunked_threshold: int = CHUNKED_THRESHOLD,
         chunk_size: int = UPLOAD_CHUNK,
         store: StateStore | None = None,
+        locator: BlobLocator | None = None,
     ) -> None:
         self.metrics = metrics
         self.chunked_threshold = chunked_threshold
@@ -104,16 +91,16 @@ class BlobMover:
         self.store: StateStore = store if store is not None else MemoryStore()
         # (target registry, repository, digest) -> when this process last saw it there
         self._present: LRU = LRU(MAX_LOCATIONS)
-        # (target registry, repository, digest) -> future of the task making it present
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
-        # (target registry, digest) -> future of an upload under way somewhere in it
-        self._uploading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        # (target registry, repository, digest): the work making it present there
+        self._inflight: SingleFlight[tuple[str, str, str], str] = SingleFlight()
+        # (target registry, digest): an upload under way somewhere in that registry
+        self._uploading: SingleFlight[tuple[str, str], None] = SingleFlight()
         # Source and target connections of a tee, taken together (see registry/slots.py).
         self.slots = TransferSlots()
         # Asked, when a blob is missing from a repository and nothing is known of it, for
-        # another repository of that registry that has it (the copy engine looks through
-        # images it found up to date there: see TargetFacts.locate).
-        self.locate: Callable[[Endpoint, str], Awaitable[str | None]] | None = None
+        # another repository of that registry that has it (the copy engine's TargetFacts
+        # looks through images it found up to date there).
+        self.locator = locator
 
     async def ensure_blob(
         self,
@@ -129,32 +116,34 @@ class BlobMover:
         task (single-flight); a failed task is forgotten so a later caller tries again.
         Per-target errors land in ``failures``; one target's failure never stops another.
         """
-        waits: list[tuple[Endpoint, asyncio.Future[str]]] = []
+        waits: list[tuple[Endpoint, Flight[str]]] = []
         mine: list[tuple[Endpoint, asyncio.Future[str]]] = []
         for t in targets:
             if t in failures:
                 continue
             key = (t.client.name, t.repository, blob.digest)
-            fut = self._inflight.get(key)
-            if fut is not None:
-                waits.append((t, fut))
+            flight = self._inflight.claim(key)
+            if flight is not None:
+                waits.append((t, flight))
                 continue
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[key] = fut
+            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            # Waiters get this target's outcome when it is known, not when the batch ends.
+            fut.add_done_callback(functools.partial(self._landed, key))
             mine.append((t, fut))
         # Claim each target registry for this blob before the first await: a concurrent
         # copy of the same blob into another repository of that registry then waits and
         # mounts instead of uploading it again. All claims are taken in one step, so two
         # copies spanning the same registries can never wait on each other.
         claims: list[tuple[str, str]] = []
-        pending: dict[Endpoint, asyncio.Future[str]] = {}
+        pending: dict[Endpoint, Flight[None]] = {}
         for t, _ in mine:
             reg_key = (t.client.name, blob.digest)
-            other = self._uploading.get(reg_key)
+            if reg_key in claims:
+                continue
+            other = self._uploading.claim(reg_key)
             if other is None:
-                self._uploading[reg_key] = asyncio.get_running_loop().create_future()
                 claims.append(reg_key)
-            elif reg_key not in claims:
+            else:
                 pending[t] = other
         try:
             prepared = await asyncio.gather(
@@ -175,19 +164,28 @@ class BlobMover:
                 await self._upload(source, blob, uploads, counts)
         finally:
             for reg_key in claims:
-                self._uploading.pop(reg_key).set_result("done")
-            for t, fut in mine:
-                self._inflight.pop((t.client.name, t.repository, blob.digest), None)
+                self._uploading.land(reg_key)
+            for _, fut in mine:
                 if not fut.done():
                     fut.cancel()
         for t, fut in mine:
             if not fut.cancelled() and fut.exception() is not None:
                 failures.setdefault(t, fut.exception())  # type: ignore[arg-type]
-        for t, fut in waits:
-            try:
-                await asyncio.shield(fut)
-            except SyncdError as e:
-                failures.setdefault(t, e)
+        for t, flight in waits:
+            err = (await SingleFlight.join(flight)).error
+            if isinstance(err, SyncdError):
+                failures.setdefault(t, err)
+            elif err is not None:
+                raise err
+
+    def _landed(self, key: tuple[str, str, str], fut: asyncio.Future[str]) -> None:
+        """One target's part of a flight ended: share how, and free its key."""
+        if fut.cancelled():
+            self._inflight.land(key, error=asyncio.CancelledError())
+        elif (err := fut.exception()) is not None:
+            self._inflight.land(key, error=err)
+        else:
+            self._inflight.land(key, fut.result())
 
     def _remember(self, t: Endpoint, digest: str) -> None:
         self.store.blob_put(registry_of(t), digest, t.repository)
@@ -214,7 +212,7 @@ class BlobMover:
         t: Endpoint,
         blob: Descriptor,
         counts: BlobCounts,
-        pending: asyncio.Future[str] | None,
+        pending: Flight[None] | None,
     ) -> str | None:
         """None if the blob is (now) in ``t``; else an upload location to stream it to."""
         if self._seen(t, blob.digest):
@@ -228,8 +226,8 @@ class BlobMover:
             return await self._mount(t, blob, counts, source.repository)
         if pending is not None:
             # Another repository of this registry is receiving it now: wait, then mount.
-            with contextlib.suppress(SyncdError, asyncio.CancelledError):
-                await asyncio.shield(pending)
+            with contextlib.suppress(asyncio.CancelledError):
+                await SingleFlight.join(pending)
         location: str | None = None
         known = self.store.blob_where(registry_of(t), blob.digest)
         if known and known != t.repository and t.client.can_mount:
@@ -244,12 +242,12 @@ class BlobMover:
                     await t.client.upload_cancel(t.repository, location)
             self._skipped(t, blob, counts)
             return None
-        if location is None and self.locate is not None and t.client.can_mount:
+        if location is None and self.locator is not None and t.client.can_mount:
             # Missing here, and this process has not seen it in another repository of the
             # registry: one that holds an image found up to date may have it (a base layer
             # shared across repositories, in a fresh `once`). A declined mount opens the
             # upload session the blob needs anyway, so a wrong guess costs no request.
-            elsewhere = await self.locate(t, blob.digest)
+            elsewhere = await self.locator.locate(t, blob.digest)
             if elsewhere and elsewhere != t.repository:
                 location = await self._mount(t, blob, counts, elsewhere)
                 if location is None:

@@ -1,30 +1,15 @@
-"""The small parts ``syncd.blobs`` is built from: a bounded LRU, per-target blob counts,
-one target's upload session, its queue of chunks, and the connections a tee holds."""
+"""The small parts ``syncd.blobs`` is built from: per-target blob counts, one target's
+upload session, its queue of chunks, and the connections a tee holds."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from syncd.blobs import Endpoint
-
-
-class LRU(OrderedDict[Any, Any]):
-    """A bounded mapping that forgets the least recently remembered entry."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
+    from syncd.endpoint import Endpoint
 
 
 @dataclass(slots=True)

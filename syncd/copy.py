@@ -16,41 +16,35 @@ The blob part of that ladder, and resumable uploads, live in ``syncd.blobs``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from syncd.blobs import LRU, BlobCounts, BlobMover, Endpoint
-from syncd.copy_flight import Lookahead, OnePerKey, gather_all
-from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec, filter_platforms
+from syncd.blobs import BlobMover
+from syncd.blobs_session import BlobCounts
+from syncd.copy_flight import Lookahead, TargetClaims, gather_all
+from syncd.copy_result import ImageResult, TargetOutcome, TargetSpec
+from syncd.endpoint import Endpoint
 from syncd.errors import (
     FencedError,
-    ManifestInvalidError,
     NotFoundError,
     OverwriteRefusedError,
     ServerError,
     SyncdError,
 )
 from syncd.facts import TargetFacts
-from syncd.manifest import Descriptor, Manifest, Platform
-from syncd.rules import backup_tag, platform_selected
-from syncd.state import StateStore
+from syncd.lru import LRU
+from syncd.manifest import Manifest
+from syncd.platforms import PlatformFilter
+from syncd.rules import backup_tag
+from syncd.singleflight import SingleFlight
+from syncd.state import MemoryStore, StateStore
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
 
-# The values and helpers split out of this module are still imported from here.
-__all__ = [
-    "CopyEngine",
-    "ImageResult",
-    "Lookahead",
-    "TargetOutcome",
-    "TargetSpec",
-    "filter_platforms",
-]
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +69,20 @@ class CopyEngine:
         # Asked right before every manifest PUT (the step that makes a tag visible): false
         # once this replica lost its cluster lease (syncd/ownership.py).
         self.fence = fence
-        self.blobs = blobs or BlobMover(metrics, store=store)
-        self.store = self.blobs.store
+        self.store: StateStore = blobs.store if blobs is not None else store or MemoryStore()
         self._manifests: LRU = LRU(MAX_MANIFESTS)
-        self._fetching: dict[str, asyncio.Future[Manifest | None]] = {}
+        self._fetching: SingleFlight[str, Manifest] = SingleFlight()
+        # What a rule's ``platforms`` make of a source image (cached with the manifests).
+        self.platforms = PlatformFilter(self.manifest, self._manifests)
         # (target registry, repository, tag, digest): the copy of a tag under way
-        self._tag_copies = OnePerKey()
+        self._tag_copies = TargetClaims()
         # (target registry, repository, child digest): the push of an index child under way
-        self._child_pushes = OnePerKey()
+        self._child_pushes = TargetClaims()
         # Trusted target tags (``target_recheck``), images found complete at a target and
         # where else a blob may be there: kept in the state store.
         self.facts = TargetFacts(self.store, self.manifest, self.children)
-        self.blobs.locate = self.facts.locate
+        # A mover handed in brings its own locator (or none).
+        self.blobs = blobs or BlobMover(metrics, store=self.store, locator=self.facts)
 
     def forget_registry(self, name: str) -> None:
         """Drop what was learned about registry ``name`` (a reload changed or removed it);
@@ -104,21 +100,18 @@ class CopyEngine:
         # Tags that share a manifest (``latest`` and the newest version) are resolved at
         # the same moment; one GET serves them all. A failed GET is not shared: it may be
         # this repository's problem only, so each waiter then tries for itself.
-        pending = self._fetching.get(digest)
-        if pending is not None:
-            shared = await asyncio.shield(pending)
+        flight = self._fetching.claim(digest)
+        if flight is not None:
+            shared = (await SingleFlight.join(flight)).value
             if shared is not None:
                 return shared
             return await self.manifest(endpoint, digest)
-        fut: asyncio.Future[Manifest | None] = asyncio.get_running_loop().create_future()
-        self._fetching[digest] = fut
         m: Manifest | None = None
         try:
             m = await endpoint.client.manifest_get(endpoint.repository, digest)
             self._manifests.remember(digest, m)
         finally:
-            del self._fetching[digest]
-            fut.set_result(m)
+            self._fetching.land(digest, m)
         return m
 
     async def resolve(
@@ -136,47 +129,6 @@ class CopyEngine:
         if platforms and cached is None:
             cached = await self.manifest(source, info.digest)
         return info.digest, cached
-
-    async def desired(self, source: Endpoint, digest: str, platforms: Sequence[str]) -> Manifest:
-        """The manifest the targets must end up with (filtered when platforms say so)."""
-        m = await self.manifest(source, digest)
-        if platforms and m.is_index:
-            key = ("filtered", digest, tuple(platforms))
-            filtered = self._manifests.get(key)
-            if filtered is None:
-                filtered = filter_platforms(m, platforms)
-                self._manifests.remember(key, filtered)
-            return filtered
-        if platforms and not m.is_index and m.config is not None:
-            platform = await self._image_platform(source, m)
-            if platform is not None and not platform_selected(platforms, platform):
-                raise ManifestInvalidError(
-                    f"image is {platform}, not one of {', '.join(platforms)}"
-                )
-        return m
-
-    async def _image_platform(self, source: Endpoint, m: Manifest) -> Platform | None:
-        assert m.config is not None
-        key = ("platform", m.config.digest)
-        if key in self._manifests:
-            return self._manifests[key]  # type: ignore[no-any-return]
-        data = bytearray()
-        async with source.client.blob_get(
-            source.repository, m.config.digest, size=m.config.size
-        ) as chunks:
-            async for chunk in chunks:
-                data += chunk
-                if len(data) > 4 * 1024 * 1024:
-                    return None
-        try:
-            cfg = json.loads(bytes(data))
-            platform = Platform(
-                str(cfg["os"]), str(cfg["architecture"]), str(cfg.get("variant", ""))
-            )
-        except (ValueError, KeyError, TypeError):
-            platform = None
-        self._manifests.remember(key, platform)
-        return platform
 
     async def children(self, source: Endpoint, m: Manifest) -> list[Manifest]:
         # Fetched side by side: an index's children are otherwise one round trip each.
@@ -223,7 +175,9 @@ class CopyEngine:
                 source_digest, _ = await self.resolve(source, reference, platforms)
             result.source_digest = source_digest
             if platforms:
-                manifest: Manifest | None = await self.desired(source, source_digest, platforms)
+                manifest: Manifest | None = await self.platforms.desired(
+                    source, source_digest, platforms
+                )
                 assert manifest is not None
                 result.digest = manifest.digest
             else:
@@ -279,7 +233,7 @@ class CopyEngine:
             counts, seconds = await self._copy_to(
                 source, result, [spec for _, _, spec in claimed], failures
             )
-        await OnePerKey.join(joined, failures)
+        await TargetClaims.join(joined, failures)
         for outcome, spec in zip(result.outcomes, targets, strict=True):
             if outcome.action != "copying":
                 continue
@@ -315,7 +269,7 @@ class CopyEngine:
         # Phase 2: everything the manifest references, teed to all targets that lack it.
         try:
             if result.manifest is None:
-                result.manifest = await self.desired(source, result.source_digest, ())
+                result.manifest = await self.manifest(source, result.source_digest)
             await self._push_tree(source, endpoints, result.manifest, counts, failures)
         except SyncdError as e:
             for t in endpoints:
@@ -394,14 +348,19 @@ class CopyEngine:
         )
 
     async def _put_manifest(self, t: Endpoint, reference: str, m: Manifest) -> None:
-        if self.fence is not None and not self.fence():
-            raise FencedError(f"{t}:{reference}: cluster lease lost, not writing it")
         try:
-            await t.client.manifest_put(t.repository, reference, m.raw, m.media_type)
+            await self.put_manifest(t, reference, m)
         except SyncdError:
             # Perhaps a blob we remembered there is gone (a registry GC): check again next time.
             self.blobs.forget_repository(t)
             raise
+
+    async def put_manifest(self, t: Endpoint, reference: str, m: Manifest) -> None:
+        """PUT ``m`` at ``t``; the one place a manifest push is counted, and the one place
+        the cluster fence is asked (every tag, child and referrer index goes through it)."""
+        if self.fence is not None and not self.fence():
+            raise FencedError(f"{t}:{reference}: cluster lease lost, not writing it")
+        await t.client.manifest_put(t.repository, reference, m.raw, m.media_type)
         if self.metrics:
             self.metrics.manifest_pushes.labels(target=t.client.name, repository=t.repository).inc()
 
@@ -452,7 +411,7 @@ class CopyEngine:
                 await self._push_child_to(
                     source, [t for _, t, _ in claimed], digest, counts, failures
                 )
-        await OnePerKey.join(joined, failures)
+        await TargetClaims.join(joined, failures)
 
     async def _push_child_to(
         self,
@@ -489,25 +448,3 @@ class CopyEngine:
                 raise err
             if isinstance(err, BaseException):
                 failures.setdefault(t, err)
-
-    async def missing(
-        self, source: Endpoint, t: Endpoint, m: Manifest
-    ) -> tuple[list[Descriptor], int]:
-        """Read-only: the blobs and child manifests ``t`` lacks for ``m`` (for ``plan``)."""
-        if not m.is_index:
-            sizes = await asyncio.gather(
-                *(t.client.blob_head(t.repository, b.digest) for b in m.blobs)
-            )
-            return [b for b, size in zip(m.blobs, sizes, strict=True) if size is None], 0
-        blobs: dict[str, Descriptor] = {}
-        manifests = 0
-        for child_desc in m.children:
-            if await t.client.manifest_head(t.repository, child_desc.digest) is not None:
-                continue
-            manifests += 1
-            child = await self.manifest(source, child_desc.digest)
-            child_blobs, _ = await self.missing(source, t, child)
-            blobs.update((b.digest, b) for b in child_blobs)
-        return list(blobs.values()), manifests
-
-    # -- blobs ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Concurrency helpers of the copy engine: side-by-side awaits, early target HEADs, and
-"one copy at a time per key, the others share its outcome"."""
+single-flight claims taken for a batch of targets at once (over ``syncd.singleflight``)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from syncd.errors import SyncdError
+from syncd.singleflight import Flight, SingleFlight
 
 if TYPE_CHECKING:
-    from syncd.blobs import Endpoint
-    from syncd.registry.client import ManifestInfo
+    from syncd.endpoint import Endpoint
+    from syncd.storage import ManifestHead
 
 T = TypeVar("T")
-# What a copy waiting on another one gets: the error that one ended with, or None.
-_Outcome = asyncio.Future[BaseException | None]
 
 
 async def gather_all(aws: Sequence[Awaitable[T]]) -> list[T]:
@@ -37,10 +36,10 @@ class Lookahead:
     error goes unobserved.
     """
 
-    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestInfo | None]]) -> None:
+    def __init__(self, tasks: dict[Endpoint, asyncio.Future[ManifestHead | None]]) -> None:
         self._tasks = tasks
 
-    def take(self, t: Endpoint) -> asyncio.Future[ManifestInfo | None] | None:
+    def take(self, t: Endpoint) -> asyncio.Future[ManifestHead | None] | None:
         return self._tasks.pop(t, None)
 
     async def close(self) -> None:
@@ -51,26 +50,25 @@ class Lookahead:
         await asyncio.gather(*left, return_exceptions=True)
 
 
-class OnePerKey:
-    """Work on a key done by one copy at a time; the others wait and share its outcome
-    (the error it ended with, or None)."""
+class TargetClaims:
+    """Single-flight (``syncd.singleflight``) for a batch of targets: work on a key done by
+    one copy at a time, the others wait and share its outcome (the error it ended with)."""
 
     def __init__(self) -> None:
-        self._running: dict[tuple[str, ...], _Outcome] = {}
+        self._flights: SingleFlight[tuple[str, ...], None] = SingleFlight()
 
     def split(
         self, items: Iterable[tuple[tuple[str, ...], Endpoint, T]]
-    ) -> tuple[list[tuple[tuple[str, ...], Endpoint, T]], dict[Endpoint, _Outcome]]:
+    ) -> tuple[list[tuple[tuple[str, ...], Endpoint, T]], dict[Endpoint, Flight[None]]]:
         """Claim each free key for the caller (which must then run ``owning``); for a key
-        already being worked on, the outcome to wait for instead."""
+        already being worked on, the flight to wait for instead."""
         mine: list[tuple[tuple[str, ...], Endpoint, T]] = []
-        joined: dict[Endpoint, _Outcome] = {}
+        joined: dict[Endpoint, Flight[None]] = {}
         for key, t, item in items:
-            other = self._running.get(key)
+            other = self._flights.claim(key)
             if other is not None:
                 joined[t] = other
                 continue
-            self._running[key] = asyncio.get_running_loop().create_future()
             mine.append((key, t, item))
         return mine, joined
 
@@ -90,14 +88,14 @@ class OnePerKey:
             raise
         finally:
             for key, t, _ in claimed:
-                self._running.pop(key).set_result(failures.get(t) or aborted)
+                self._flights.land(key, error=failures.get(t) or aborted)
 
     @staticmethod
     async def join(
-        joined: dict[Endpoint, _Outcome], failures: dict[Endpoint, BaseException]
+        joined: dict[Endpoint, Flight[None]], failures: dict[Endpoint, BaseException]
     ) -> None:
         """Wait for the work other copies are doing; their failures become ours."""
-        for t, outcome in joined.items():
-            err = await asyncio.shield(outcome)
+        for t, flight in joined.items():
+            err = (await SingleFlight.join(flight)).error
             if err is not None:
                 failures.setdefault(t, err)

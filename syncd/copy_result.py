@@ -1,17 +1,12 @@
 """What the copy engine is asked (``TargetSpec``) and what it reports (``ImageResult``,
-one ``TargetOutcome`` per target), and the one manifest it makes itself: a
-platform-filtered index."""
+one ``TargetOutcome`` per target)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from syncd.blobs import Endpoint
-from syncd.errors import ManifestInvalidError
-from syncd.manifest import Manifest, parse_manifest
-from syncd.rules import platform_selected
+from syncd.endpoint import Endpoint
+from syncd.manifest import Manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,24 +60,3 @@ class ImageResult:
     @property
     def copied(self) -> bool:
         return any(o.action == "copied" for o in self.outcomes)
-
-
-def filter_platforms(manifest: Manifest, platforms: Sequence[str]) -> Manifest:
-    """A new index keeping only the children of the named platforms.
-
-    Serialised deterministically, so the same source index and filter give the same
-    digest on every pass (otherwise every pass would look like a change).
-    """
-    doc = json.loads(manifest.raw)
-    kept = [
-        c
-        for c, d in zip(doc.get("manifests", []), manifest.children, strict=False)
-        if d.platform is None or platform_selected(platforms, d.platform)
-    ]
-    if not kept:
-        raise ManifestInvalidError(
-            f"index {manifest.digest} has no child for platforms {', '.join(platforms)}"
-        )
-    doc["manifests"] = kept
-    raw = json.dumps(doc, indent=3, sort_keys=False).encode()
-    return parse_manifest(raw, manifest.media_type)

@@ -22,9 +22,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from syncd.blobs import LRU, Endpoint, registry_of
+from syncd.endpoint import Endpoint, registry_of
 from syncd.errors import SyncdError
+from syncd.lru import LRU
 from syncd.manifest import Manifest
+from syncd.singleflight import SingleFlight
 from syncd.state import StateStore
 
 if TYPE_CHECKING:
@@ -43,9 +45,6 @@ MAX_LOCATED = 8_192
 REFERRERS_API_TTL = 86_400.0
 
 
-key_of = registry_of  # the store's name for an endpoint's registry
-
-
 class TargetFacts:
     """The copy engine's view of the state store."""
 
@@ -60,7 +59,8 @@ class TargetFacts:
         self._children = children
         # (registry, digest) of the images already read for blobs by this process
         self._located: LRU = LRU(MAX_LOCATED)
-        self._locating: dict[str, asyncio.Lock] = {}
+        # registry: one lookup at a time, so a second finds what the first recorded
+        self._locating: SingleFlight[str, None] = SingleFlight()
 
     def forget_registry(self, name: str) -> None:
         """Drop what this process read about registry ``name`` (a reload changed it); the
@@ -74,7 +74,7 @@ class TargetFacts:
         if spec.recheck <= 0 or not spec.tag or not spec.rule:
             return None
         t = spec.endpoint
-        rec = self.store.tag_get(spec.rule, key_of(t), t.repository, spec.tag)
+        rec = self.store.tag_get(spec.rule, registry_of(t), t.repository, spec.tag)
         if rec is None or time.time() >= rec.trusted_until:
             return None
         return rec.digest
@@ -91,30 +91,32 @@ class TargetFacts:
             # then not all asked again in one later pass.
             until = now + spec.recheck * random.uniform(0.5, 1.0)
         self.store.tag_put(
-            spec.rule, key_of(t), t.repository, spec.tag, digest, at=now, trusted_until=until
+            spec.rule, registry_of(t), t.repository, spec.tag, digest, at=now, trusted_until=until
         )
 
     def distrust(self, spec: TargetSpec) -> None:
         if spec.tag and spec.rule:
             t = spec.endpoint
-            self.store.tag_distrust(spec.rule, key_of(t), t.repository, spec.tag)
+            self.store.tag_distrust(spec.rule, registry_of(t), t.repository, spec.tag)
 
     # -- the registry ------------------------------------------------------------------------
     def api_known(self, t: Endpoint) -> bool | None:
         """Whether ``t``'s registry has the OCI referrers API, if learnt within the TTL."""
-        stored = self.store.fact_get(key_of(t), "referrers_api")
+        stored = self.store.fact_get(registry_of(t), "referrers_api")
         if stored is None or time.time() - stored[1] >= REFERRERS_API_TTL:
             return None
         return stored[0] == "yes"
 
     def api_learnt(self, t: Endpoint, has_api: bool) -> None:
-        self.store.fact_put(key_of(t), "referrers_api", "yes" if has_api else "no", at=time.time())
+        self.store.fact_put(
+            registry_of(t), "referrers_api", "yes" if has_api else "no", at=time.time()
+        )
 
     # -- blobs -------------------------------------------------------------------------------
     def image_present(self, t: Endpoint, digest: str, *, pushed: bool = False) -> None:
         """An image complete in ``t`` (found up to date, or ``pushed`` by this process,
         which recorded its blobs' locations on the way)."""
-        self.store.image_put(key_of(t), t.repository, digest, noted=pushed)
+        self.store.image_put(registry_of(t), t.repository, digest, noted=pushed)
 
     async def locate(self, t: Endpoint, digest: str) -> str | None:
         """Another repository of ``t``'s registry that holds ``digest``, if one is found.
@@ -127,8 +129,8 @@ class TargetFacts:
         there. Images syncd pushed, or read before (in any process sharing the store), are
         not read again. Best effort: a manifest that cannot be read only means no hint.
         """
-        registry = key_of(t)
-        async with self._locating.setdefault(registry, asyncio.Lock()):
+        registry = registry_of(t)
+        async with self._locating.turn(registry):
             found = self.store.blob_where(registry, digest)
             if found:
                 return found

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
+from syncd.endpoint import Endpoint
 from syncd.errors import SyncdError, failure_reason
-from syncd.manifest import Descriptor
+from syncd.manifest import Descriptor, Manifest
 
 
 @dataclass(slots=True)
@@ -80,11 +82,31 @@ async def plan_entries(
         elif o.action == "copy":
             any_copy = True
             try:
-                m = image.manifest or await engine.desired(
+                m = image.manifest or await engine.platforms.desired(
                     source, image.source_digest, rule.platforms
                 )
-                blobs, manifests = await engine.missing(source, spec.endpoint, m)
+                blobs, manifests = await missing(engine, source, spec.endpoint, m)
                 entry.missing_blobs, entry.missing_manifests = blobs, manifests
             except SyncdError as e:
                 entry.action, entry.error = "failed", str(e)
     return entries, failed, any_copy
+
+
+async def missing(
+    engine: CopyEngine, source: Endpoint, t: Endpoint, m: Manifest
+) -> tuple[list[Descriptor], int]:
+    """Read-only: the blobs and child manifests ``t`` lacks for ``m`` (children's
+    manifests come through the engine's cache)."""
+    if not m.is_index:
+        sizes = await asyncio.gather(*(t.client.blob_head(t.repository, b.digest) for b in m.blobs))
+        return [b for b, size in zip(m.blobs, sizes, strict=True) if size is None], 0
+    blobs: dict[str, Descriptor] = {}
+    manifests = 0
+    for child_desc in m.children:
+        if await t.client.manifest_head(t.repository, child_desc.digest) is not None:
+            continue
+        manifests += 1
+        child = await engine.manifest(source, child_desc.digest)
+        child_blobs, _ = await missing(engine, source, t, child)
+        blobs.update((b.digest, b) for b in child_blobs)
+    return list(blobs.values()), manifests

@@ -29,14 +29,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncd.blobs import Endpoint, registry_of
 from syncd.config.schema import RuleConfig
+from syncd.endpoint import Endpoint, registry_of
 from syncd.errors import ClientRequestError, SyncdError
 from syncd.manifest import INDEX_TYPES
-from syncd.registry.client import ManifestInfo
-from syncd.registry.pool import AnyClient, ClientPool
+from syncd.registry.pool import ClientPool
 from syncd.rules import target_repository
 from syncd.state import StateStore, TagRecord
+from syncd.storage import ImageStore, ManifestHead
 
 if TYPE_CHECKING:
     from syncd.copy import CopyEngine
@@ -126,7 +126,7 @@ class Pruner:
         self,
         rule: RuleConfig,
         target: str,
-        client: AnyClient,
+        client: ImageStore,
         listings: Sequence[Listing],
         result: PruneOutcome,
         dry_run: bool,
@@ -175,10 +175,7 @@ class Pruner:
                     )
                 continue
             try:
-                delete = getattr(client, "manifest_delete", None)
-                if delete is None:  # a client that cannot delete at all answers as 405 would
-                    raise ClientRequestError("deletes not supported", status=405)
-                deleted = await delete(d.repository, d.digest)
+                deleted = await client.manifest_delete(d.repository, d.digest)
             except ClientRequestError as e:
                 if e.status != 405 and not any(x.code == "UNSUPPORTED" for x in e.details):
                     raise
@@ -353,11 +350,11 @@ class Pruner:
 
 async def _heads(
     t: Endpoint, tags: Sequence[str]
-) -> dict[str, ManifestInfo | BaseException | None]:
+) -> dict[str, ManifestHead | BaseException | None]:
     """A HEAD of each tag, a few at a time; an error is the answer of its tag."""
     gate = asyncio.Semaphore(HEAD_CONCURRENCY)
 
-    async def one(tag: str) -> ManifestInfo | None:
+    async def one(tag: str) -> ManifestHead | None:
         async with gate:
             return await t.client.manifest_head(t.repository, tag)
 

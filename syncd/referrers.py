@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from syncd.blobs import Endpoint
 from syncd.config.schema import RuleConfig
 from syncd.copy import CopyEngine
 from syncd.copy_result import ImageResult, TargetSpec
+from syncd.endpoint import Endpoint
 from syncd.errors import NotFoundError, SyncdError, UnsignedImageError
 from syncd.manifest import INDEX_TYPES, OCI_INDEX, Manifest, parse_manifest
 from syncd.referrers_tags import (
@@ -45,7 +44,8 @@ from syncd.referrers_tags import (
     is_signature_type,
     merge_fallback_index,
 )
-from syncd.registry.client import ManifestInfo
+from syncd.singleflight import SingleFlight
+from syncd.storage import ManifestHead
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -83,24 +83,9 @@ class ReferrerSync:
         # registry name -> whether it answers the referrers API
         self._api: dict[str, bool] = {}
         self._probe = asyncio.Lock()
-        # (source repository, digest) -> (lock, users): two tags of one image in a pass
-        # carry its referrers one after the other, so the second finds them there.
-        self._carrying: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        """Serialise work on one key; the entry is dropped when its last user leaves."""
-        lock, users = self._carrying.get(key, (asyncio.Lock(), 0))
-        self._carrying[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._carrying[key]
-            if users == 1:
-                del self._carrying[key]
-            else:
-                self._carrying[key] = (lock, users - 1)
+        # (source repository, digest): two tags of one image in a pass carry its referrers
+        # one after the other, so the second finds them there.
+        self.carrying: SingleFlight[tuple[str, str], None] = SingleFlight()
 
     def forget_registry(self, name: str) -> None:
         """Ask registry ``name`` about the referrers API again (a reload changed it)."""
@@ -184,7 +169,7 @@ class SourceReferrers:
         """Whether this rule looks at referrers at all (to copy them, or for the gate)."""
         return self.rule.referrers or self.rule.require_signature
 
-    async def resolve(self, reference: str) -> ManifestInfo | None:
+    async def resolve(self, reference: str) -> ManifestHead | None:
         """The source's HEAD of ``reference``, or None if absent or failed.
 
         Without a gate the copy then reports the problem itself; with one, ``unsigned``
@@ -334,7 +319,7 @@ class SourceReferrers:
                 break
         return out, indexes
 
-    async def unsigned(self, reference: str, head: ManifestInfo | None) -> SyncdError | None:
+    async def unsigned(self, reference: str, head: ManifestHead | None) -> SyncdError | None:
         """None if a signature refers to the image at the source, else the error to report.
 
         ``head`` is ``resolve``'s answer; None (not found, or the HEAD failed) fails the gate
@@ -360,7 +345,7 @@ class SourceReferrers:
             " (require_signature)"
         )
 
-    async def subjects(self, head: ManifestInfo, image: ImageResult) -> list[str]:
+    async def subjects(self, head: ManifestHead, image: ImageResult) -> list[str]:
         """The digests whose referrers go with this image: it and its index's children."""
         if not await self._source_api(head.digest) and not self.tags:
             return []  # no API and no referrer tag in the repository: nothing to find
@@ -370,7 +355,7 @@ class SourceReferrers:
         if image.digest == head.digest:
             out.append(head.digest)
         if head.media_type in INDEX_TYPES or image.digest != head.digest:
-            m = image.manifest or await self.sync.engine.desired(
+            m = image.manifest or await self.sync.engine.platforms.desired(
                 self.source, head.digest, self.rule.platforms
             )
             out.extend(c.digest for c in m.children)
@@ -379,7 +364,7 @@ class SourceReferrers:
     # -- copying -------------------------------------------------------------------------
     async def carry(
         self,
-        head: ManifestInfo,
+        head: ManifestHead,
         image: ImageResult,
         specs: Sequence[TargetSpec],
         *,
@@ -390,11 +375,11 @@ class SourceReferrers:
         A failure marks the image failed at that target (its outcome), so the pass reports
         it and the next pass, finding the image up to date, tries the referrers again.
         """
-        async with self.sync.hold((str(self.source), head.digest)):
+        async with self.sync.carrying.turn((str(self.source), head.digest)):
             return await self._carry(head, image, specs, dry_run)
 
     async def _carry(
-        self, head: ManifestInfo, image: ImageResult, specs: Sequence[TargetSpec], dry_run: bool
+        self, head: ManifestHead, image: ImageResult, specs: Sequence[TargetSpec], dry_run: bool
     ) -> Carried:
         carried = Carried()
         live = [
@@ -543,11 +528,7 @@ class SourceReferrers:
             m = parse_manifest(raw, OCI_INDEX, where=f"{t}:{tag}")
             # Two jobs of one digest may merge at once; both add the same entries, so the
             # later PUT loses nothing the earlier one wrote.
-            await t.client.manifest_put(t.repository, tag, m.raw, m.media_type)
-            if self.sync.engine.metrics:
-                self.sync.engine.metrics.manifest_pushes.labels(
-                    target=t.client.name, repository=t.repository
-                ).inc()
+            await self.sync.engine.put_manifest(t, tag, m)
             log.info(
                 "updated referrers index %s:%s (%d entries)",
                 t,

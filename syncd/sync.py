@@ -9,22 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from syncd.blobs import Endpoint
+from syncd.accounting import Accounting
 from syncd.config.schema import Config, RuleConfig
-from syncd.copy import CopyEngine, ImageResult, TargetSpec
-from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError, failure_reason
+from syncd.copy import CopyEngine
+from syncd.copy_result import ImageResult, TargetSpec
+from syncd.endpoint import Endpoint
+from syncd.errors import CatalogUnsupportedError, NotFoundError, SyncdError
 from syncd.ownership import LOCAL, Ownership
 from syncd.plan import PlanEntry, plan_entries
 from syncd.prune import Listing, PruneOutcome, Pruner
 from syncd.referrers import ReferrerSync, is_referrer_tag
-from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
-from syncd.report import ImageFailure, rule_report
+from syncd.report import rule_report
 from syncd.results import RulePassResult as RulePassResult
 from syncd.rules import (
     is_glob,
@@ -37,6 +38,7 @@ from syncd.rules import (
 )
 from syncd.state import StateStore
 from syncd.state_sqlite import open_state
+from syncd.storage import ManifestHead
 from syncd.sync_quota import left_alone, new_tags_first
 from syncd.target_bytes import TargetBytes
 
@@ -82,6 +84,7 @@ class Syncer:
         self.owns_store = True
         self.pruner = Pruner(pool, engine.store, engine, metrics)
         self._bytes = TargetBytes(engine.store)
+        self.account = Accounting(metrics)
         # Called after each image of a pass (the CLI's progress display).
         self.progress: Callable[[str, RulePassResult], None] | None = None
 
@@ -117,10 +120,10 @@ class Syncer:
             repos = [] if skip else await self._repositories(rule, repositories)
             repos = await self.ownership.select(rule.name, repos, complete=repositories is None)
         except SyncdError as e:
-            self._fail_rule(rule, result, rule.source, e, prefix="listing ")
+            self.account.listing_failed(rule, result, rule.source, e, prefix="listing ")
             repos = []
         if skip:
-            self._fail_rule(
+            self.account.listing_failed(
                 rule, result, skip.registry or rule.source, skip, prefix="pass skipped: "
             )
         queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
@@ -138,7 +141,7 @@ class Syncer:
                         ):
                             await queue.put(job)
                     except SyncdError as e:
-                        self._fail_rule(rule, result, f"{rule.source}/{repo}", e)
+                        self.account.listing_failed(rule, result, f"{rule.source}/{repo}", e)
             finally:
                 for _ in range(rule.concurrency):
                     await queue.put(None)
@@ -174,30 +177,6 @@ class Syncer:
             PlanEntry(rule.name, p.source, p.tag, "", p.digest, p.target, p.action, error=p.reason)
             for p in pruned.planned
         )
-
-    def _fail_rule(
-        self,
-        rule: RuleConfig,
-        result: RulePassResult,
-        source: str,
-        err: BaseException,
-        *,
-        prefix: str = "",
-    ) -> None:
-        """A listing failed: the rule (or one repository of it) could not be looked at."""
-        # A registry error names its registry already; say it once.
-        said = str(err).startswith(f"{source}:")
-        text = f"{prefix}{err}" if said else f"{prefix}{source}: {err}"
-        result.failed += 1
-        result.failures.append(text)
-        result.images_failed.append(ImageFailure.of(source, "", "", err))
-        log.error(text, extra={"rule": rule.name, "event": "rule_error"})
-        for target in rule.targets:
-            result.at(target).failed += 1
-            if self.metrics:
-                self.metrics.image_failures.labels(
-                    rule=rule.name, target=target, reason=failure_reason(err)
-                ).inc()
 
     def _finish_rule(self, rule: RuleConfig, result: RulePassResult) -> None:
         # The last report of every rule outlives the process: ``syncd status`` reads it
@@ -286,7 +265,7 @@ class Syncer:
             for missing in (t for t in rule.tags.names if t not in present):
                 err = _missing_tag_error(source_name, repo, missing)
                 where = tuple((t, target_repository(rule, repo)) for t in rule.targets)
-                self._record_failure(
+                self.account.failure(
                     rule, result, f"{source_name}/{repo}:{missing}", err, where, missing
                 )
         if dry_run:
@@ -339,14 +318,14 @@ class Syncer:
         job: _Job,
         result: RulePassResult,
         source: str,
-        head: ManifestInfo | None,
+        head: ManifestHead | None,
         unsigned: SyncdError,
         dry_run: bool,
     ) -> None:
         """``require_signature``: the image is not copied; plan says so, a pass counts it."""
         if not dry_run:
             digest = head.digest if head else ""
-            self._record_failure(
+            self.account.failure(
                 rule, result, f"{source}:{job.tag}", unsigned, job.targets, job.tag, digest
             )
             return
@@ -432,7 +411,7 @@ class Syncer:
                 result.skipped += 1
             result.plan.extend(planned)
             return
-        self._account(rule, job, image, result)
+        self.account.image(rule, job.tag, job.targets, image, result)
         if self.progress:
             self.progress(rule.name, result)
         if self.track_target_bytes and not image.failed and image.digest:
@@ -452,105 +431,6 @@ class Syncer:
             if o.action in ("up_to_date", "copied") and o.digest:
                 return Endpoint(self.pool.client(o.target).with_retries(rule.retries), o.repository)
         return source
-
-    def _account(
-        self, rule: RuleConfig, job: _Job, image: ImageResult, result: RulePassResult
-    ) -> None:
-        name = f"{image.source}:{job.tag}"
-        if image.error is not None:
-            self._record_failure(
-                rule, result, name, image.error, job.targets, job.tag, image.source_digest
-            )
-            return
-        copied = False
-        failed = False
-        for o in image.outcomes:
-            result.blobs_copied += o.blobs_copied
-            result.blobs_mounted += o.blobs_mounted
-            result.blobs_skipped += o.blobs_skipped
-            result.bytes_copied += o.bytes_copied
-            at = result.at(o.target)
-            target = f"{o.target}/{o.repository}:{job.tag}"
-            event = {
-                "event": "image_copy",
-                "rule": rule.name,
-                "source": name,
-                "target": target,
-                "digest": image.digest,
-                "bytes": o.bytes_copied,
-                "seconds": round(o.seconds, 3),
-                "result": o.action,
-            }
-            if o.action == "copied":
-                copied = True
-                at.copied += 1
-                at.bytes += o.bytes_copied
-                if self.metrics:
-                    self.metrics.images_synced.labels(rule=rule.name, target=o.target).inc()
-                log.info(
-                    "copied %s to %s (%s, %d bytes)",
-                    name,
-                    event["target"],
-                    image.digest,
-                    o.bytes_copied,
-                    extra=event,
-                )
-            elif o.action == "failed":
-                failed = True
-                at.failed += 1
-                assert o.error is not None
-                result.images_failed.append(ImageFailure.of(name, target, image.digest, o.error))
-                event["reason"] = failure_reason(o.error)
-                if self.metrics:
-                    self.metrics.image_failures.labels(
-                        rule=rule.name, target=o.target, reason=failure_reason(o.error)
-                    ).inc()
-                result.failures.append(f"{name} -> {o.target}/{o.repository}: {o.error}")
-                log.error("failed %s to %s: %s", name, event["target"], o.error, extra=event)
-            else:
-                at.up_to_date += 1
-                log.debug("up to date: %s at %s", name, event["target"], extra=event)
-        if failed:
-            result.failed += 1
-        elif copied:
-            result.synced += 1
-        else:
-            result.skipped += 1
-
-    def _record_failure(
-        self,
-        rule: RuleConfig,
-        result: RulePassResult,
-        name: str,
-        err: BaseException,
-        targets: Iterable[tuple[str, str]],
-        tag: str,
-        digest: str = "",
-    ) -> None:
-        """An image failed before any target was tried: it failed at every target."""
-        result.failed += 1
-        result.failures.append(f"{name}: {err}")
-        log.error(
-            "failed %s: %s",
-            name,
-            err,
-            extra={
-                "event": "image_copy",
-                "rule": rule.name,
-                "source": name,
-                "result": "failed",
-                "reason": failure_reason(err),
-            },
-        )
-        for target, trepo in targets:
-            result.at(target).failed += 1
-            result.images_failed.append(
-                ImageFailure.of(name, f"{target}/{trepo}:{tag}", digest, err)
-            )
-            if self.metrics:
-                self.metrics.image_failures.labels(
-                    rule=rule.name, target=target, reason=failure_reason(err)
-                ).inc()
 
 
 def _missing_tag_error(registry: str, repo: str, tag: str) -> SyncdError:

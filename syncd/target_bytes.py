@@ -11,12 +11,13 @@ import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from syncd.blobs import Endpoint
+from syncd.endpoint import Endpoint
 from syncd.errors import SyncdError
 from syncd.state import StateStore
 
 if TYPE_CHECKING:
-    from syncd.copy import CopyEngine, ImageResult
+    from syncd.copy import CopyEngine
+    from syncd.copy_result import ImageResult
     from syncd.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -23,15 +23,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from syncd.blobs import Endpoint
 from syncd.config.schema import Config, RuleConfig
 from syncd.copy import CopyEngine
+from syncd.endpoint import Endpoint
 from syncd.errors import ManifestInvalidError, SyncdError
 from syncd.manifest import Manifest
 from syncd.referrers import COSIGN_SUFFIXES, fallback_tag, is_referrer_tag
-from syncd.registry.client import ManifestInfo
 from syncd.registry.pool import ClientPool
 from syncd.rules import is_glob, select_repositories, select_tags, target_repository
+from syncd.storage import ManifestHead
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,7 +153,7 @@ class Verifier:
         tag: str,
         source_tags: set[str],
         targets: Sequence[Endpoint],
-        heads: Sequence[asyncio.Future[ManifestInfo | None]],
+        heads: Sequence[asyncio.Future[ManifestHead | None]],
     ) -> None:
         try:
             info = await source.client.manifest_head(source.repository, tag)
@@ -161,7 +161,7 @@ class Verifier:
                 self._problem(rule, ERROR, f"{source}:{tag}", "gone from the source")
                 return
             try:
-                want = await self.engine.desired(source, info.digest, rule.platforms)
+                want = await self.engine.platforms.desired(source, info.digest, rule.platforms)
             except ManifestInvalidError as e:
                 # Not of a selected platform: a pass fails it; there is nothing to expect.
                 self._problem(rule, ERROR, f"{source}:{tag}", str(e))
@@ -195,7 +195,7 @@ class Verifier:
         want: Manifest,
         tree: list[Manifest],
         source: str,
-        looked: Awaitable[ManifestInfo | None] | None = None,
+        looked: Awaitable[ManifestHead | None] | None = None,
     ) -> None:
         where = f"{target}:{tag}"
         self.result.tags += 1

@@ -370,6 +370,12 @@ class LayoutClient:
                 await self._io(d.set_tag, repository, reference, descriptor)
         return digest
 
+    async def manifest_delete(self, repository: str, digest: str) -> bool:
+        """Refused as a registry without deletion refuses it (405): prune then says so."""
+        raise ClientRequestError(
+            "deletes not supported", registry=self.name, repository=repository, status=405
+        )
+
     # -- blobs ---------------------------------------------------------------------------
     async def blob_head(self, repository: str, digest: str) -> int | None:
         """The blob's size if the layout holds it, else None."""

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from syncd import USER_AGENT
 from syncd.config.schema import RegistryConfig
@@ -24,6 +24,7 @@ from syncd.registry.limits import RegistryLimits
 from syncd.registry.proxying import ProxyRoute
 from syncd.registry.tls import ssl_context
 from syncd.registry.transport import Transport
+from syncd.storage import ImageStore
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -33,8 +34,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AnyClient", "ClientPool", "is_loopback"]
 
-# Where images live: a registry, or an OCI image layout on disk.
+# The kinds of place images live in: a registry, or an OCI image layout on disk.
 AnyClient = RegistryClient | LayoutClient
+
+if TYPE_CHECKING:
+    # Both satisfy the seam the engine layers see (syncd.storage); mypy checks it here.
+    _REGISTRY: ImageStore = cast(RegistryClient, None)
+    _LAYOUT: ImageStore = cast(LayoutClient, None)
 
 
 class ClientPool:
@@ -60,8 +66,9 @@ class ClientPool:
         # The clients this pool closes: those it made, and those handed over to it.
         self._owned: set[str] = set()
 
-    def client(self, name: str) -> AnyClient:
-        """The shared client of registry ``name`` (created on first use)."""
+    def client(self, name: str) -> ImageStore:
+        """The shared client of registry ``name`` (created on first use): the rest of
+        syncd sees only where images live (``syncd.storage``), not which kind of place."""
         existing = self._clients.get(name)
         if existing is not None:
             return existing
@@ -164,7 +171,8 @@ class ClientPool:
 
     def budgeted(self, name: str) -> bool:
         """Whether pulls from registry ``name`` are scarce (a pull budget applies)."""
-        client = self.client(name)
+        self.client(name)
+        client = self._clients[name]
         return not isinstance(client, LayoutClient) and client.transport.limits.budgeted
 
     def adopt(self, previous: ClientPool) -> list[str]:

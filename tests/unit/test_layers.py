@@ -27,6 +27,9 @@ L0 = {
     "syncd.state",
     "syncd.ownership",
     "syncd.cluster.rendezvous",
+    "syncd.storage",
+    "syncd.endpoint",
+    "syncd.lru",
 }
 L1_PREFIXES = (
     "syncd.config.load",
@@ -55,6 +58,9 @@ L2_PREFIXES = (
     "syncd.facts",
     "syncd.prune",
     "syncd.results",
+    "syncd.accounting",
+    "syncd.singleflight",
+    "syncd.platforms",
 )
 IO_MODULES = {"asyncio", "aiohttp", "yaml", "prometheus_client", "socket", "subprocess"}
 

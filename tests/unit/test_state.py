@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from syncd.config.schema import RegistryConfig
+from syncd.endpoint import Endpoint, registry_of
+from syncd.registry.pool import ClientPool
 from syncd.state import MemoryStore, StateStore, TagRecord, registry_key
 from syncd.state_sqlite import (
     SCHEMA_VERSION,
@@ -250,3 +253,27 @@ def test_an_older_file_is_migrated_in_place(
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(later)
     assert db.execute("SELECT count(*) FROM later").fetchone()[0] == 0
     db.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "reg.example.com",
+        "https://Reg.Example.com:443/",
+        "http://127.0.0.1:5000",
+        "https://[::1]:8443",
+        "docker.io",
+    ],
+)
+def test_facts_stay_filed_under_the_registry_address(url: str) -> None:
+    """The store key of an endpoint (from its client's origin) is the key earlier
+    versions filed facts under (from the transport's base url): stored files stay valid."""
+    reg = RegistryConfig(name="r", url=url)
+    client = ClientPool({"r": reg}).client("r")
+    assert registry_of(Endpoint(client, "team/app")) == registry_key(reg.base_url)
+
+
+def test_a_layout_is_filed_under_its_kind_and_path(tmp_path: Path) -> None:
+    url = f"oci:{tmp_path}/mirror"  # as the config loader gives it: an absolute path
+    client = ClientPool({"l": RegistryConfig(name="l", url=url)}).client("l")
+    assert registry_of(Endpoint(client, "team/app")) == registry_key(url)
