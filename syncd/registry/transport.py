@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -28,6 +28,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 from tenacity.wait import wait_base
+from yarl import URL
 
 from syncd import USER_AGENT
 from syncd.errors import (
@@ -89,21 +90,30 @@ class Request:
     attempts: int = 0  # 0: the transport's default
 
 
+Links = MultiDictProxy[MultiDictProxy[str | URL]]
+_NO_LINKS: Links = MultiDictProxy(MultiDict())
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
     url: str
+    # The ``Link`` header (RFC 8288) as aiohttp parses it: rel → {"url": absolute URL, …}.
+    links: Links = _NO_LINKS
 
 
 def redact_url(url: str) -> str:
-    """Drop userinfo and the query (upload state, signed redirect parameters)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
+    """Drop userinfo, the query (upload state, signed redirect parameters) and the fragment."""
+    try:
+        parsed = URL(url)
+        if parsed.absolute:
+            parsed = parsed.with_user(None)  # None clears the password too
+        return str(parsed.with_query(None).with_fragment(None))
+    except ValueError:
+        # Nothing of a URL that does not parse is safe to show.
+        return "(unparseable URL)"
 
 
 def parse_oci_errors(body: bytes) -> tuple[OCIErrorDetail, ...]:
@@ -318,7 +328,9 @@ class Transport:
                     raise err
             else:
                 body = b""
-            return Response(resp.status, resp.headers, body, str(resp.url))
+            # Parsed only when present: nearly no answer carries one, and the parse is not free.
+            links = resp.links if "Link" in resp.headers else _NO_LINKS
+            return Response(resp.status, resp.headers, body, str(resp.url), links)
 
     @asynccontextmanager
     async def stream(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
