@@ -101,7 +101,7 @@ class Response:
     body: bytes
     url: str
     # The ``Link`` header (RFC 8288) as aiohttp parses it: rel → {"url": absolute URL, …}.
-    links: Links = _NO_LINKS
+    links: Links = field(default_factory=lambda: _NO_LINKS)
 
 
 def redact_url(url: str) -> str:
