@@ -30,7 +30,7 @@ async def _heads(url: str, count: int, repeat: int) -> list[float]:
     transport = Transport(
         name="bench",
         base_url=url,
-        authenticator=Authenticator(registry="bench", registry_host=url.split("://")[1]),
+        authenticator=Authenticator(registry="bench"),
         metrics=Metrics(),
     )
     client = RegistryClient(transport)

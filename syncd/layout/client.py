@@ -142,10 +142,6 @@ class LayoutClient:
         return self._state.metrics
 
     @property
-    def writable(self) -> bool:
-        return self._state.directory is not None
-
-    @property
     def can_mount(self) -> bool:
         """A layout links blobs between its repositories (``blob_mount``)."""
         return True
@@ -320,9 +316,7 @@ class LayoutClient:
             return None
         return ManifestInfo(m.digest, m.media_type, m.size)
 
-    async def manifest_get(
-        self, repository: str, reference: str, *, absent_ok: bool = False
-    ) -> Manifest:
+    async def manifest_get(self, repository: str, reference: str) -> Manifest:
         """The exact manifest bytes, parsed, verified against the digest naming them."""
         entry = await self._resolve(repository, reference)
         where = f"{self.name}/{repository}"
