@@ -316,7 +316,9 @@ class LayoutClient:
             return None
         return ManifestInfo(m.digest, m.media_type, m.size)
 
-    async def manifest_get(self, repository: str, reference: str) -> Manifest:
+    async def manifest_get(
+        self, repository: str, reference: str, *, absent_ok: bool = False
+    ) -> Manifest:
         """The exact manifest bytes, parsed, verified against the digest naming them."""
         entry = await self._resolve(repository, reference)
         where = f"{self.name}/{repository}"

@@ -141,7 +141,9 @@ class RegistryClient:
             int(resp.headers.get("Content-Length", "0") or 0),
         )
 
-    async def manifest_get(self, repository: str, reference: str) -> Manifest:
+    async def manifest_get(
+        self, repository: str, reference: str, *, absent_ok: bool = False
+    ) -> Manifest:
         """The exact manifest bytes, parsed, with the digest checked two ways."""
         repository = self.wire(repository)
         resp = await self._send(
