@@ -68,9 +68,6 @@ class Reference:
             return self.digest
         return self.tag or "latest"
 
-    def with_tag(self, tag: str) -> Reference:
-        return Reference(self.registry, self.repository, validate_tag(tag), None)
-
     def with_digest(self, digest: str) -> Reference:
         return Reference(self.registry, self.repository, self.tag, validate_digest(digest))
 

@@ -165,7 +165,8 @@ def _version_key(tag: str) -> _Key:
 @lru_cache(maxsize=65536)
 def _in_range(expression: str, tag: str) -> bool:
     # Cached per (range, tag): a daemon filters the same listing pass after pass, and
-    # NpmSpec.match costs about 15 µs.
+    # NpmSpec.match costs about 12 µs against 0.2 µs from the cache (docs/benchmarks.md,
+    # "Costs per call").
     return bool(_spec(expression).match(parse_version(tag)))
 
 

@@ -24,7 +24,6 @@ from syncd.errors import InvalidReferenceError, WebhookPayloadError
 from syncd.manifest import IMAGE_TYPES, INDEX_TYPES
 from syncd.reference import validate_repository
 
-DISTRIBUTION_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 # A push-only envelope is small; a megabyte leaves room for registries that batch events.
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -142,10 +142,6 @@ class LayoutClient:
         return self._state.metrics
 
     @property
-    def writable(self) -> bool:
-        return self._state.directory is not None
-
-    @property
     def can_mount(self) -> bool:
         """A layout links blobs between its repositories (``blob_mount``)."""
         return True

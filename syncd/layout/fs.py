@@ -213,17 +213,6 @@ def check_layout(layout: str) -> None:
         raise LayoutInvalidError(f"{path} has no imageLayoutVersion")
 
 
-def hash_file(path: str, algorithm: str) -> tuple[str, int]:
-    """``(digest, size)`` of a file, read in chunks."""
-    h = hashlib.new(algorithm)
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return f"{algorithm}:{h.hexdigest()}", size
-
-
 def link_or_copy(src: str, layout: str, final: str, digest: str) -> None:
     """Put the blob at ``src`` (another layout) under ``final``: a hard link, which stores
     it once on disk, or, across file systems, a verified copy."""

@@ -188,7 +188,6 @@ class Authenticator:
         self,
         *,
         registry: str,
-        registry_host: str,
         credentials: CredentialsGetter = _no_credentials,
         allow_credentials: bool = True,
         allow_insecure_auth: bool = False,
@@ -196,7 +195,6 @@ class Authenticator:
         client_id: str = "syncd",
     ) -> None:
         self.registry = registry
-        self._host = registry_host
         self._credentials = credentials
         # False for a plain-http registry that is neither loopback nor explicitly allowed.
         self._allow_credentials = allow_credentials
@@ -211,7 +209,6 @@ class Authenticator:
         # The refresh token from a password grant, valid for the credentials it came from.
         self._refresh: tuple[tuple[str | None, Secret | None], Secret] | None = None
         self._post_unsupported = False
-        self.token_requests = 0
         #: The username of the credentials last used, for "authentication failed" messages.
         self.username: str | None = None
 
@@ -410,7 +407,6 @@ class Authenticator:
         data: list[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        self.token_requests += 1
         host = urlsplit(realm).netloc
         try:
             async with session.request(

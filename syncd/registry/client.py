@@ -11,9 +11,10 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
+from yarl import URL
 
 from syncd.digest import digest_of
 from syncd.errors import (
@@ -46,7 +47,6 @@ _MAX_PAGES = 10_000
 # leaves to registries without it (distribution-spec "Listing Referrers"); 400, 405 and
 # 406 are what real ones send for a path they do not route or an Accept they refuse.
 NO_REFERRERS_API = (400, 404, 405, 406)
-_LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # A POST without a body still states its length: CherryPy-based registries (zuul-registry)
 # answer 411 Length Required otherwise (RFC 9110 section 8.6 lets a server insist).
 _EMPTY_BODY = {"Content-Length": "0"}
@@ -461,13 +461,10 @@ class RegistryClient:
                     f"malformed {key} listing: {e}", registry=self.name, repository=repository
                 ) from None
             out.extend(str(i) for i in items)
-            link = _LINK_RE.search(resp.headers.get("Link", ""))
-            if not link:
+            next_path = _next_page(resp)
+            if next_path is None:
                 return out
-            target = link.group(1)
-            parts = urlsplit(target)
             # Link targets carry their own query (last=, n=); keep it, drop ours.
-            next_path = parts.path + (f"?{parts.query}" if parts.query else "")
             query = ()
         raise ServerError(
             f"{key} listing exceeded {_MAX_PAGES} pages", registry=self.name, repository=repository
@@ -571,13 +568,11 @@ class RegistryClient:
             if artifact_type and "artifacttype" not in applied.lower().replace(" ", ""):
                 filtered_here = True
             entries.extend(json.loads(index.raw).get("manifests") or [])
-            link = _LINK_RE.search(resp.headers.get("Link", ""))
-            if not link:
+            next_path = _next_page(resp)
+            if next_path is None:
                 break
-            parts = urlsplit(link.group(1))
             # The link carries its own query (the filter, a cursor); ours is dropped.
-            path = parts.path + (f"?{parts.query}" if parts.query else "")
-            query = ()
+            path, query = next_path, ()
         else:
             raise ServerError(
                 f"referrers listing exceeded {_MAX_PAGES} pages",
@@ -594,6 +589,17 @@ class RegistryClient:
             {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=2
         ).encode()
         return parse_manifest(raw, OCI_INDEX, where=f"{self.name}/{repository} referrers")
+
+
+def _next_page(resp: Response) -> str | None:
+    """Path and query of the ``rel="next"`` link (distribution-spec "Listing Tags": the
+    ``Link`` header, RFC 8288), or None on the last page. Only the path is followed: the
+    next page is asked of the same registry, with the same credentials."""
+    link = resp.links.get("next")
+    if link is None:
+        return None
+    target = link.get("url")
+    return target.raw_path_qs if isinstance(target, URL) else None
 
 
 def _oci_error(body: bytes) -> bool:

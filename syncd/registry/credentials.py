@@ -245,7 +245,6 @@ class DockerConfigSource(CredentialSource):
         self._stamp: tuple[str, int, int, int] | None = None
         self._creds = ANONYMOUS
         self._expires = 0.0
-        self.helper_runs = 0
 
     @property
     def config_path(self) -> Path:
@@ -365,7 +364,6 @@ class DockerConfigSource(CredentialSource):
         program = f"docker-credential-{name}"
         server = helper_server_url(self.host)
         where = f"credential helper {program} for registry {self.registry} ({self.host})"
-        self.helper_runs += 1
         try:
             proc = await asyncio.create_subprocess_exec(
                 program,

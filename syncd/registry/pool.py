@@ -101,7 +101,6 @@ class ClientPool:
         auths = [
             Authenticator(
                 registry=name,
-                registry_host=reg.host,
                 credentials=source.get,
                 allow_credentials=allow,
                 allow_insecure_auth=reg.allow_insecure_auth,

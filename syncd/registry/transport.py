@@ -12,14 +12,14 @@ import json
 import logging
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -27,6 +27,8 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.wait import wait_base
+from yarl import URL
 
 from syncd import USER_AGENT
 from syncd.errors import (
@@ -65,6 +67,7 @@ _BACKOFF_MAX = 10.0
 _PING_FAILURE_TTL = 5.0
 
 BodyFactory = Callable[[], AsyncIterable[bytes]]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +90,30 @@ class Request:
     attempts: int = 0  # 0: the transport's default
 
 
+Links = MultiDictProxy[MultiDictProxy[str | URL]]
+_NO_LINKS: Links = MultiDictProxy(MultiDict())
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
     url: str
+    # The ``Link`` header (RFC 8288) as aiohttp parses it: rel → {"url": absolute URL, …}.
+    links: Links = field(default_factory=lambda: _NO_LINKS)
 
 
 def redact_url(url: str) -> str:
-    """Drop userinfo and the query (upload state, signed redirect parameters)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
+    """Drop userinfo, the query (upload state, signed redirect parameters) and the fragment."""
+    try:
+        parsed = URL(url)
+        if parsed.absolute:
+            parsed = parsed.with_user(None)  # None clears the password too
+        return str(parsed.with_query(None).with_fragment(None))
+    except ValueError:
+        # Nothing of a URL that does not parse is safe to show.
+        return "(unparseable URL)"
 
 
 def parse_oci_errors(body: bytes) -> tuple[OCIErrorDetail, ...]:
@@ -119,15 +131,32 @@ def parse_oci_errors(body: bytes) -> tuple[OCIErrorDetail, ...]:
         return (OCIErrorDetail("", text),) if text else ()
 
 
-@dataclass(frozen=True, slots=True)
-class _Attempt:
-    """The one field of tenacity's RetryCallState its wait strategies read."""
-
-    attempt_number: int
-
-
 def _outcome(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, SyncdError) and exc.retryable
+
+
+class RetryAfterOrBackoff(wait_base):
+    """Tenacity wait strategy: what a 429's ``Retry-After`` asked for, else exponential
+    backoff with jitter (0.25 s doubling to 10 s).
+
+    A ``Retry-After`` beyond ``max_retry_wait`` never gets here: ``RegistryLimits.refused``
+    makes that error not retryable. The cap is read at each wait, so a reload that changes
+    ``max_retry_wait`` applies to the next retry.
+    """
+
+    def __init__(self, limits: RegistryLimits) -> None:
+        self._limits = limits
+        self._backoff = wait_exponential_jitter(multiplier=_BACKOFF_INITIAL, max=_BACKOFF_MAX)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = _outcome(retry_state)
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            return min(exc.retry_after, self._limits.max_retry_wait)
+        return float(self._backoff(retry_state))
 
 
 class Transport:
@@ -172,6 +201,10 @@ class Transport:
             metrics=metrics,
         )
         self._children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
+        # One tenacity policy per attempts budget (the default, and each rule's
+        # ``retries``), built once and shared by every request with that budget.
+        self._policies: dict[int, AsyncRetrying] = {}
+        self._wait = RetryAfterOrBackoff(self.limits)
         # Optional endpoint features this registry turned out to lack ("mount",
         # "page_size"), so that each costs one refused request per process.
         self.lacks: set[str] = set()
@@ -219,8 +252,9 @@ class Transport:
             if self._pinged.is_set():
                 return
             # Every job of a pass pings an unreachable registry through this lock in turn;
-            # each would sit through the whole retry schedule again (a pass of 50 tags to a
-            # dead target took 5 minutes). A fresh failure answers them at once instead.
+            # each would sit through the whole retry schedule again. A fresh failure answers
+            # them at once instead (docs/reliability.md, "An unreachable registry fails a
+            # pass once": 296 s against 6 s for a 50-tag pass to a dead target).
             failed = self._ping_failure
             if failed is not None and time.monotonic() - failed[0] < _PING_FAILURE_TTL:
                 raise failed[1]
@@ -234,33 +268,35 @@ class Transport:
 
     async def _ping(self, attempts: int) -> None:
         """``GET /v2/`` with retries; a 401 teaches the authenticator its challenge."""
+        await self._retried(attempts, self._ping_once)
+
+    async def _ping_once(self) -> None:
         url = self.base_url + "/v2/"
-        async for attempt in self._retrying(attempts):
-            with attempt, self._map_errors("GET", url, ""):
-                start = time.monotonic()
-                async with self.session.get(url, ssl=self._ssl_arg) as resp:
-                    await resp.content.read(MAX_ERROR_BODY)
-                    self._count("GET", resp.status, start)
-                    if self.proxy and resp.status == 407:
-                        raise self.proxy.refusal(url, self.name)
-                    if resp.status == 401:
-                        self.limits.learn(resp.headers.get("WWW-Authenticate"))
-                    elif resp.status >= 500 or resp.status == 429:
-                        raise ServerError(
-                            f"/v2/ answered {resp.status}",
-                            registry=self.name,
-                            method="GET",
-                            url=redact_url(url),
-                            status=resp.status,
-                        )
-                    elif resp.status == 404:
-                        raise ClientRequestError(
-                            "not a registry: /v2/ answered 404 (check the url)",
-                            registry=self.name,
-                            method="GET",
-                            url=redact_url(url),
-                            status=404,
-                        )
+        with self._map_errors("GET", url, ""):
+            start = time.monotonic()
+            async with self.session.get(url, ssl=self._ssl_arg) as resp:
+                await resp.content.read(MAX_ERROR_BODY)
+                self._count("GET", resp.status, start)
+                if self.proxy and resp.status == 407:
+                    raise self.proxy.refusal(url, self.name)
+                if resp.status == 401:
+                    self.limits.learn(resp.headers.get("WWW-Authenticate"))
+                elif resp.status >= 500 or resp.status == 429:
+                    raise ServerError(
+                        f"/v2/ answered {resp.status}",
+                        registry=self.name,
+                        method="GET",
+                        url=redact_url(url),
+                        status=resp.status,
+                    )
+                elif resp.status == 404:
+                    raise ClientRequestError(
+                        "not a registry: /v2/ answered 404 (check the url)",
+                        registry=self.name,
+                        method="GET",
+                        url=redact_url(url),
+                        status=404,
+                    )
 
     @property
     def _ssl_arg(self) -> Any:
@@ -268,22 +304,10 @@ class Transport:
 
     async def send(self, req: Request) -> Response:
         """Send ``req`` (with retries unless ``req.retry`` is false) and read the body."""
-        # The ping spends the budget of the request that needed it (a rule's retries).
-        await self.ping(req.attempts)
-        if not req.retry:
-            return await self._send_once(req)
-        # Nearly every request succeeds at once. Setting up tenacity costs about as much
-        # CPU as a third of the request itself, so it is only set up after a failure.
-        try:
-            return await self._send_once(req)
-        except SyncdError as e:
-            if not e.retryable or (req.attempts or self.retries) < 2:
-                raise
-            await self._before_retry(e, 1)
-        async for attempt in self._retrying(req.attempts, done=1):
-            with attempt:
-                return await self._send_once(req)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+        if not self._pinged.is_set():
+            # The ping spends the budget of the request that needed it (a rule's retries).
+            await self.ping(req.attempts)
+        return await self._retried(self._attempts(req), self._send_once, req)
 
     async def _send_once(self, req: Request) -> Response:
         async with self._exchange(req) as resp:
@@ -305,7 +329,9 @@ class Transport:
                     raise err
             else:
                 body = b""
-            return Response(resp.status, resp.headers, body, str(resp.url))
+            # Parsed only when present: nearly no answer carries one, and the parse is not free.
+            links = resp.links if "Link" in resp.headers else _NO_LINKS
+            return Response(resp.status, resp.headers, body, str(resp.url), links)
 
     @asynccontextmanager
     async def stream(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -315,116 +341,115 @@ class Transport:
         ``NetworkError`` for the blob step to retry as a whole.
         """
         await self.ping(req.attempts)
-        attempts = (req.attempts or self.retries) if req.retry else 1
-        for attempt in range(1, attempts + 1):
-            stack = AsyncExitStack()
+        stack, resp = await self._retried(self._attempts(req), self._open, req)
+        async with stack:
             try:
-                resp = await stack.enter_async_context(self._exchange(req))
-            except SyncdError as e:
-                await stack.aclose()
-                if not e.retryable or attempt == attempts:
-                    raise
-                await self._before_retry(e, attempt)
-                continue
-            async with stack:
-                try:
-                    yield resp
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    raise self._network_error(
-                        e, req.method, str(resp.url), req.repository
-                    ) from None
-            return
+                yield resp
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise self._network_error(e, req.method, str(resp.url), req.repository) from None
+
+    async def _open(self, req: Request) -> tuple[AsyncExitStack, aiohttp.ClientResponse]:
+        """One exchange whose response stays open, with what closes it."""
+        stack = AsyncExitStack()
+        try:
+            resp = await stack.enter_async_context(self._exchange(req))
+        except BaseException:
+            await stack.aclose()
+            raise
+        return stack, resp
 
     @asynccontextmanager
     async def _exchange(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One HTTP exchange, in a slot of the registry's limits (syncd.registry.limits)."""
-        async with (
-            self.limits.slot(req.method, req.path) as slot,
-            self._exchange_as(req, slot) as resp,
-        ):
-            yield resp
-
-    @asynccontextmanager
-    async def _exchange_as(self, req: Request, slot: Slot) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One HTTP exchange with auth; a 401 that brings a challenge is answered once."""
+        """One HTTP exchange with auth, in a slot of the registry's limits
+        (syncd.registry.limits); a 401 that brings a challenge is answered once."""
         url, same_host = self._url(req)
-        auth = slot.auth
-        for auth_try in (1, 2):
-            headers = dict(req.headers)
-            if same_host and auth.challenge is not None:
-                # Authorization goes only to the registry itself, never to a redirect host.
+        async with self.limits.slot(req.method, req.path) as slot:
+            auth = slot.auth
+            for auth_try in (1, 2):
+                headers = dict(req.headers)
+                if same_host and auth.challenge is not None:
+                    # Authorization goes only to the registry itself, never to a redirect host.
+                    with self._map_errors(req.method, url, req.repository):
+                        headers.update(
+                            await auth.header(self.session, req.scopes, ssl=self._ssl_arg)
+                        )
+                body: Any = req.body() if callable(req.body) else req.body
+                start = time.monotonic()
                 with self._map_errors(req.method, url, req.repository):
-                    headers.update(await auth.header(self.session, req.scopes, ssl=self._ssl_arg))
-            body: Any = req.body() if callable(req.body) else req.body
-            start = time.monotonic()
-            with self._map_errors(req.method, url, req.repository):
-                resp = await self.session.request(
-                    req.method,
-                    url,
-                    params=req.query or None,
-                    headers=headers,
-                    data=body,
-                    ssl=self._ssl_arg,
-                    timeout=req.timeout or aiohttp.helpers.sentinel,
-                    allow_redirects=req.method in ("GET", "HEAD"),
-                )
-            try:
-                self._count(req.method, resp.status, start)
-                self.limits.answered(slot, resp.status, resp.headers)
-                # A body factory may not be re-playable (a tee'd stream); bytes always are.
-                replayable = req.body is None or isinstance(req.body, bytes)
-                if (
-                    resp.status == 401
-                    and auth_try == 1
-                    and same_host
-                    and replayable
-                    and auth.learn(resp.headers.get("WWW-Authenticate"))
-                ):
-                    auth.forget(req.scopes)
-                    await resp.content.read(MAX_ERROR_BODY)
-                    continue
-                if resp.status in req.expect or resp.status in req.absent:
-                    yield resp
-                    return
-                raise await self._status_error(req, resp, slot)
-            finally:
-                resp.release()
+                    resp = await self.session.request(
+                        req.method,
+                        url,
+                        params=req.query or None,
+                        headers=headers,
+                        data=body,
+                        ssl=self._ssl_arg,
+                        timeout=req.timeout or aiohttp.helpers.sentinel,
+                        allow_redirects=req.method in ("GET", "HEAD"),
+                    )
+                try:
+                    self._count(req.method, resp.status, start)
+                    self.limits.answered(slot, resp.status, resp.headers)
+                    # A body factory may not be re-playable (a tee'd stream); bytes always are.
+                    replayable = req.body is None or isinstance(req.body, bytes)
+                    if (
+                        resp.status == 401
+                        and auth_try == 1
+                        and same_host
+                        and replayable
+                        and auth.learn(resp.headers.get("WWW-Authenticate"))
+                    ):
+                        auth.forget(req.scopes)
+                        await resp.content.read(MAX_ERROR_BODY)
+                        continue
+                    if resp.status in req.expect or resp.status in req.absent:
+                        yield resp
+                        return
+                    raise await self._status_error(req, resp, slot)
+                finally:
+                    resp.release()
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- retries -----------------------------------------------------------------------
-    def _retrying(self, attempts: int = 0, done: int = 0) -> AsyncRetrying:
-        """Tenacity for the attempts left after ``done`` failed ones."""
-        return AsyncRetrying(
-            stop=stop_after_attempt((attempts or self.retries) - done),
-            wait=lambda state: self._delay(_outcome(state), state.attempt_number + done),
-            retry=retry_if_exception(lambda e: isinstance(e, SyncdError) and e.retryable),
-            reraise=True,
-            before_sleep=lambda state: self._note_retry(
-                _outcome(state), state.attempt_number + done
-            ),
-        )
+    def _attempts(self, req: Request) -> int:
+        return (req.attempts or self.retries) if req.retry else 1
 
-    _exp = wait_exponential_jitter(multiplier=_BACKOFF_INITIAL, max=_BACKOFF_MAX)
+    def _policy(self, attempts: int) -> AsyncRetrying:
+        """The tenacity policy for a budget of ``attempts``, built once per budget."""
+        policy = self._policies.get(attempts)
+        if policy is None:
+            policy = self._policies[attempts] = AsyncRetrying(
+                stop=stop_after_attempt(attempts),
+                wait=self._wait,
+                retry=retry_if_exception(_retryable),
+                reraise=True,
+                before_sleep=lambda state: self._note_retry(state, attempts),
+            )
+        return policy
 
-    def _delay(self, exc: BaseException | None, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt``."""
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            # Longer waits than max_retry_wait are not retried at all (RegistryLimits.refused).
-            return min(exc.retry_after, self.limits.max_retry_wait)
-        return float(self._exp(cast(RetryCallState, _Attempt(attempt))))
+    async def _retried(self, attempts: int, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """``fn(*args)`` under the policy for ``attempts`` (0: the transport's default).
 
-    async def _before_retry(self, exc: BaseException, attempt: int) -> None:
-        self._note_retry(exc, attempt)
-        await asyncio.sleep(self._delay(exc, attempt))
+        The shared policy object is called directly (``AsyncRetrying.__call__``): of
+        tenacity's public ways it costs the least on a request that succeeds at once and,
+        unlike a ``copy()`` per call or ``async for`` over one, leaves no reference cycles
+        for the garbage collector (docs/reliability.md, "Cost of the retry policy").
+        Concurrent calls may share it because each call's state is its own
+        ``RetryCallState`` and the object's scratch state is only used inside one
+        ``iter`` step, which never suspends while ``retry``, ``wait`` and
+        ``before_sleep`` are plain functions, as they must stay.
+        """
+        result: _T = await self._policy(attempts or self.retries)(fn, *args)
+        return result
 
-    def _note_retry(self, exc: BaseException | None, attempt: int) -> None:
+    def _note_retry(self, state: RetryCallState, attempts: int) -> None:
+        """Tenacity's ``before_sleep``: each retry is counted and logged once."""
         if self.metrics:
             self.metrics.retries.labels(registry=self.name).inc()
         log.warning(
             "retrying after %s (attempt %d of %d)",
-            exc,
-            attempt,
-            self.retries,
+            _outcome(state),
+            state.attempt_number,
+            attempts,
             extra={"registry": self.name, "event": "retry"},
         )
 

@@ -58,7 +58,7 @@ def test_locations_in_any_spelling_are_the_registry() -> None:
     t = Transport(
         name="r",
         base_url="https://Reg.Example.com:443",
-        authenticator=Authenticator(registry="r", registry_host="reg.example.com"),
+        authenticator=Authenticator(registry="r"),
     )
     for loc in (
         "https://reg.example.com/v2/a/blobs/uploads/u?_state=x",

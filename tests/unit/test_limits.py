@@ -18,7 +18,7 @@ HEAD = ("HEAD", "/v2/library/nginx/manifests/latest")
 
 
 def limits(accounts: int = 1, **kw: object) -> RegistryLimits:
-    auths = [Authenticator(registry="hub", registry_host="hub.test") for _ in range(accounts)]
+    auths = [Authenticator(registry="hub") for _ in range(accounts)]
     return RegistryLimits(registry="hub", authenticators=auths, **kw)  # type: ignore[arg-type]
 
 

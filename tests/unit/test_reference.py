@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from syncd.digest import DigestVerifier, digest_of
-from syncd.errors import DigestMismatchError, InvalidReferenceError, ManifestInvalidError
+from syncd.digest import digest_of
+from syncd.errors import InvalidReferenceError, ManifestInvalidError
 from syncd.logs import JSONFormatter, RedactingFilter
 from syncd.manifest import (
     DOCKER_LIST,
@@ -72,22 +72,6 @@ def test_default_registry_means_no_host_guessing() -> None:
     assert ref == Reference("dev", "team.a/app", "v1")
     assert ref.identifier == "v1"
     assert ref.with_digest(D).identifier == D
-
-
-def test_digest_verifier() -> None:
-    data = b"hello world" * 1000
-    v = DigestVerifier(digest_of(data))
-    for i in range(0, len(data), 777):
-        v.update(data[i : i + 777])
-    v.verify("blob", expected_size=len(data))
-    bad = DigestVerifier(digest_of(data))
-    bad.update(data[:-1] + b"X")
-    with pytest.raises(DigestMismatchError, match="digest mismatch"):
-        bad.verify("blob")
-    short = DigestVerifier(digest_of(data))
-    short.update(data)
-    with pytest.raises(DigestMismatchError):
-        short.verify("blob", expected_size=len(data) + 1)
 
 
 def _doc(**kw: object) -> bytes:
