@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
+from syncd.daemon.heap import HeapKeeper
 from syncd.daemon.reload import ConfigWatcher, fingerprint
 from syncd.daemon.scheduler import PassOutcome, Scheduler
 from syncd.errors import ConfigError
@@ -192,6 +193,7 @@ class Daemon:
         self._replica: Replica | None = None
         # rule name -> the run report entry of its latest finished pass, for GET /status
         self._reports: dict[str, dict[str, Any]] = {}
+        self._heap = HeapKeeper()
 
     # -- the whole life -----------------------------------------------------------------
     async def serve(self) -> int:
@@ -367,6 +369,7 @@ class Daemon:
             # A webhook-triggered pass looked only at the pushed repositories.
             report["repositories"] = sorted(repositories)
         self._reports[rule.name] = report
+        self._heap.after_pass()
         return result
 
     def status(self) -> dict[str, Any]:
