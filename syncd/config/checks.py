@@ -137,6 +137,8 @@ class DocumentChecks:
         accounts = reg.get("credentials")
         if not isinstance(accounts, list):
             return
+        if not accounts:
+            self.add((*path, "credentials"), "must not be empty")
         for key in ("username", "password", "password_file", "docker_config"):
             if key in reg:
                 self.add(

@@ -146,7 +146,9 @@ class RegistryConfig:
     # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment decide.
     proxy: Proxy | None = None
     # Several accounts, used in turn when one's pull budget is spent (instead of username).
-    credentials: Annotated[tuple[AccountConfig, ...], Field(min_length=1)] = ()
+    # Empty: the single-account keys apply. Given in the file, at least one entry (a check
+    # of the file, not of the value: ``dataclasses.replace`` re-validates the default).
+    credentials: tuple[AccountConfig, ...] = ()
     # None: the default reserve (10%), and no budget is assumed until the registry sends one.
     quota_reserve: Reserve | None = None
     requests_per_second: Positive | None = None
