@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,9 @@ class CopyEngine:
         self._tag_copies = TargetClaims()
         # (target registry, repository, child digest): the push of an index child under way
         self._child_pushes = TargetClaims()
+        # (target origin, repository, manifest digest): a manifest PUT under way that
+        # writes or reads that digest's link in the repository (see ``put_manifest``).
+        self._writes: SingleFlight[tuple[str, str, str], None] = SingleFlight()
         # Trusted target tags (``target_recheck``), images found complete at a target and
         # where else a blob may be there: kept in the state store.
         self.facts = TargetFacts(self.store, self.manifest, self.children)
@@ -358,6 +362,22 @@ class CopyEngine:
     async def put_manifest(self, t: Endpoint, reference: str, m: Manifest) -> None:
         """PUT ``m`` at ``t``; the one place a manifest push is counted, and the one place
         the cluster fence is asked (every tag, child and referrer index goes through it)."""
+        # A PUT of a manifest rewrites its revision link in the repository, and an index PUT
+        # reads the links of its children: distribution 2.8 refuses an index whose child is
+        # being written at that moment (DIGEST_INVALID with MANIFEST_BLOB_UNKNOWN), which
+        # happens when a child is also a tag of its own that a pass copies alongside. So the
+        # PUTs that write or read one digest in one repository take turns; the keys are
+        # taken in sorted order, which rules out two PUTs waiting on each other.
+        digests = sorted({m.digest, *(c.digest for c in m.children)})
+        async with AsyncExitStack() as turns:
+            for d in digests:
+                await turns.enter_async_context(
+                    self._writes.turn((t.client.origin, t.repository, d))
+                )
+            await self._put_now(t, reference, m)
+
+    async def _put_now(self, t: Endpoint, reference: str, m: Manifest) -> None:
+        # Asked as late as can be: a turn above may have waited while the lease ran out.
         if self.fence is not None and not self.fence():
             raise FencedError(f"{t}:{reference}: cluster lease lost, not writing it")
         await t.client.manifest_put(t.repository, reference, m.raw, m.media_type)
