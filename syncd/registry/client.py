@@ -14,35 +14,31 @@ from dataclasses import dataclass, replace
 from urllib.parse import urljoin
 
 import aiohttp
-from yarl import URL
 
 from syncd.digest import digest_of
 from syncd.errors import (
     CatalogUnsupportedError,
     DigestMismatchError,
     ManifestInvalidError,
-    NotFoundError,
     RegistryError,
     ServerError,
 )
 from syncd.manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
 from syncd.reference import TAG_RE, hub_repository, is_docker_hub, split_origin
+from syncd.registry import listing
 from syncd.registry.auth import repository_scope
+from syncd.registry.listing import paginate
 from syncd.registry.transport import (
     BodyFactory,
     Request,
     Response,
     Transport,
-    parse_oci_errors,
     redact_url,
 )
 
 # 1 MiB keeps per-chunk Python overhead (hashing, queueing) small against the bytes moved
 # while bounding memory per stream.
 CHUNK_SIZE = 1024 * 1024
-_PAGE_SIZE = 1000
-# A registry that keeps handing out `next` links must not hold us forever.
-_MAX_PAGES = 10_000
 # First-page answers that mean "this registry has no referrers API": 404 is what the spec
 # leaves to registries without it (distribution-spec "Listing Referrers"); 400, 405 and
 # 406 are what real ones send for a path they do not route or an Accept they refuse.
@@ -105,6 +101,10 @@ class RegistryClient:
     def attempts(self) -> int:
         """Attempts per request for this client (a rule's ``retries``, else the default)."""
         return self._attempts or self.transport.retries
+
+    async def send(self, req: Request) -> Response:
+        """Any request with this client's retry budget (``registry.listing`` pages with it)."""
+        return await self._send(req)
 
     async def _send(self, req: Request) -> Response:
         if self._attempts and not req.attempts:
@@ -411,65 +411,6 @@ class RegistryClient:
         )
 
     # -- listings ----------------------------------------------------------------------
-    async def _paginate(
-        self, path: str, key: str, repository: str, scope: str, *, missing_ok: bool = True
-    ) -> list[str]:
-        out: list[str] = []
-        next_path: str | None = path
-        query: tuple[tuple[str, str], ...] = ()
-        if "page_size" not in self.transport.lacks:
-            query = (("n", str(_PAGE_SIZE)),)
-        dropped_n = False
-        for _ in range(_MAX_PAGES):
-            if next_path is None:
-                return out
-            resp = await self._send(
-                Request(
-                    "GET",
-                    next_path,
-                    repository=repository,
-                    query=query,
-                    scopes=(scope,) if scope else (),
-                    # With our page size the 404 body is read: it tells a missing
-                    # repository (an OCI error code) from a registry that does not know
-                    # the ``n`` parameter (zuul-registry's plain 404 page).
-                    expect=(200, 404) if query else (200,),
-                    absent=(404,) if missing_ok else (),
-                )
-            )
-            if resp.status == 404 and query and not _oci_error(resp.body):
-                query, dropped_n = (), True
-                continue
-            if dropped_n and resp.status == 200:
-                self.transport.lacks.add("page_size")
-            if resp.status == 404:
-                if missing_ok:
-                    return out
-                raise NotFoundError(
-                    "not found",
-                    registry=self.name,
-                    repository=repository,
-                    method="GET",
-                    url=redact_url(resp.url),
-                    status=404,
-                    details=parse_oci_errors(resp.body),
-                )
-            try:
-                items = json.loads(resp.body).get(key) or []
-            except (ValueError, AttributeError) as e:
-                raise ServerError(
-                    f"malformed {key} listing: {e}", registry=self.name, repository=repository
-                ) from None
-            out.extend(str(i) for i in items)
-            next_path = _next_page(resp)
-            if next_path is None:
-                return out
-            # Link targets carry their own query (last=, n=); keep it, drop ours.
-            query = ()
-        raise ServerError(
-            f"{key} listing exceeded {_MAX_PAGES} pages", registry=self.name, repository=repository
-        )
-
     async def tags_list(self, repository: str, *, missing_ok: bool = True) -> list[str]:
         """Every tag of a repository.
 
@@ -477,7 +418,8 @@ class RegistryClient:
         ``NotFoundError`` (a source repository a rule names exactly must exist).
         """
         repository = self.wire(repository)
-        names = await self._paginate(
+        names = await paginate(
+            self,
             f"/v2/{repository}/tags/list",
             "tags",
             repository,
@@ -492,8 +434,8 @@ class RegistryClient:
     async def catalog(self) -> list[str]:
         """Every repository of the registry, through ``_catalog`` pagination."""
         try:
-            return await self._paginate(
-                "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
+            return await paginate(
+                self, "/v2/_catalog", "repositories", "", "registry:catalog:*", missing_ok=False
             )
         except RegistryError as e:
             # Docker Hub, GHCR, zuul-registry have none: 404 or 405 for the path, or the
@@ -532,7 +474,7 @@ class RegistryClient:
         entries: list[object] = []
         pages: list[Manifest] = []
         filtered_here = False
-        for page in range(_MAX_PAGES):
+        for page in range(listing.MAX_PAGES):
             resp = await self._send(
                 Request(
                     "GET",
@@ -568,14 +510,14 @@ class RegistryClient:
             if artifact_type and "artifacttype" not in applied.lower().replace(" ", ""):
                 filtered_here = True
             entries.extend(json.loads(index.raw).get("manifests") or [])
-            next_path = _next_page(resp)
+            next_path = listing.next_page(resp)
             if next_path is None:
                 break
             # The link carries its own query (the filter, a cursor); ours is dropped.
             path, query = next_path, ()
         else:
             raise ServerError(
-                f"referrers listing exceeded {_MAX_PAGES} pages",
+                f"referrers listing exceeded {listing.MAX_PAGES} pages",
                 registry=self.name,
                 repository=repository,
             )
@@ -589,26 +531,6 @@ class RegistryClient:
             {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=2
         ).encode()
         return parse_manifest(raw, OCI_INDEX, where=f"{self.name}/{repository} referrers")
-
-
-def _next_page(resp: Response) -> str | None:
-    """Path and query of the ``rel="next"`` link (distribution-spec "Listing Tags": the
-    ``Link`` header, RFC 8288), or None on the last page. Only the path is followed: the
-    next page is asked of the same registry, with the same credentials."""
-    link = resp.links.get("next")
-    if link is None:
-        return None
-    target = link.get("url")
-    return target.raw_path_qs if isinstance(target, URL) else None
-
-
-def _oci_error(body: bytes) -> bool:
-    """Whether a body is a distribution-spec error document (``{"errors": [...]}``)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and isinstance(doc.get("errors"), list)
 
 
 def _with_attempts(req: Request, attempts: int) -> Request:

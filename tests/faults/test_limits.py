@@ -11,7 +11,7 @@ import pytest
 from syncd.config.schema import RegistryConfig
 from syncd.errors import ManifestInvalidError, RegistryError, ServerError, SyncdError
 from syncd.metrics import Metrics
-from syncd.registry import client as client_module
+from syncd.registry import listing as listing_module
 from syncd.registry.pool import ClientPool
 from syncd.registry.transport import MAX_ERROR_BODY
 from tests.faults.shims import BrokenRegistry
@@ -68,7 +68,7 @@ async def test_a_link_loop_stops_at_the_page_limit(
     broken: BrokenRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The real limit is 10,000 pages; 50 keeps the test fast and proves the same loop.
-    monkeypatch.setattr(client_module, "_MAX_PAGES", 50)
+    monkeypatch.setattr(listing_module, "MAX_PAGES", 50)
     async with pool(broken) as p:
         with pytest.raises(ServerError) as err:
             await p.client("b").tags_list("loop")
