@@ -82,32 +82,28 @@ class DocumentChecks:
             return
         if self._check_layout(path, reg):
             return
-        if "password" in reg and "password_file" in reg:
-            self.add(
-                (*path, "password_file"),
-                "set either password or password_file, not both",
-                at_key=True,
-            )
-        if ("password" in reg or "password_file" in reg) and "username" not in reg:
-            which = "password" if "password" in reg else "password_file"
-            self.add((*path, which), "a password needs a username", at_key=True)
+        self._check_login(path, reg)
         if "client_key" in reg and "client_cert" not in reg:
             self.add((*path, "client_key"), "client_key needs client_cert", at_key=True)
         for key in ("password_file", "ca_file", "client_cert", "client_key"):
             self._check_file(path, reg, key)
         self._check_accounts(path, reg)
 
-    def _check_etcd(self, etcd: dict[str, Any]) -> None:
-        path: Path = ("cluster", "etcd")
-        if "password" in etcd and "password_file" in etcd:
+    def _check_login(self, path: Path, section: dict[str, Any]) -> None:
+        """One password source, and a username beside it (a registry's or etcd's)."""
+        if "password" in section and "password_file" in section:
             self.add(
                 (*path, "password_file"),
                 "set either password or password_file, not both",
                 at_key=True,
             )
-        if ("password" in etcd or "password_file" in etcd) and "username" not in etcd:
-            which = "password" if "password" in etcd else "password_file"
+        if ("password" in section or "password_file" in section) and "username" not in section:
+            which = "password" if "password" in section else "password_file"
             self.add((*path, which), "a password needs a username", at_key=True)
+
+    def _check_etcd(self, etcd: dict[str, Any]) -> None:
+        path: Path = ("cluster", "etcd")
+        self._check_login(path, etcd)
         if "username" in etcd and not ("password" in etcd or "password_file" in etcd):
             self.add((*path, "username"), "username needs password or password_file", at_key=True)
         if "client_key" in etcd and "client_cert" not in etcd:
