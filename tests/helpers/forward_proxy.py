@@ -10,14 +10,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers.registry import free_port
+from tests.helpers.registry import free_port, listening, wait_started
 
 TINYPROXY_BIN = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 _REQUEST_RE = re.compile(r"Request \(file descriptor \d+\): (?P<method>[A-Z]+) (?P<url>\S+)")
@@ -73,17 +71,12 @@ class ForwardProxy:
             start_new_session=True,
         )
         out.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                said = (self.workdir / "stdout.log").read_text(errors="replace")
-                raise RuntimeError(f"tinyproxy exited: {said[-2000:]}{self.log_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("tinyproxy did not start listening")
+        wait_started(
+            self.proc,
+            lambda: listening(self.port),
+            "tinyproxy",
+            lambda: (self.workdir / "stdout.log").read_text(errors="replace") + self.log_text(),
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

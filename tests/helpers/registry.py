@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,33 @@ _ACCESS_RE = re.compile(
     r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-) '
     r'"[^"]*" "(?P<agent>[^"]*)"'
 )
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_started(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    what: str,
+    output: Callable[[], str],
+    timeout: float = 15,
+) -> None:
+    """Wait until a process we started is ``ready`` (listening, or a log line), failing at
+    once with its output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {output()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start in {timeout}s: {output()[-2000:]}")
+        time.sleep(0.05)  # sleep-ok: poll interval of a bounded wait
 
 
 def free_port() -> int:
@@ -113,16 +141,12 @@ class Registry:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"registry exited: {self._log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)  # sleep-ok: poll interval of a bounded wait
-        raise RuntimeError("registry did not start listening")
+        wait_started(
+            self.proc,
+            lambda: listening(self.port),
+            "registry",
+            lambda: self._log_path.read_text(errors="replace"),
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

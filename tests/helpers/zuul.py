@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.helpers.registry import (
     forget_bearer_login,
     free_port,
     register_bearer_login,
+    wait_started,
 )
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -65,14 +65,13 @@ class ZuulRegistry(Registry):
         log.close()
         # CherryPy binds only after importing openstacksdk and boto3 (about a second); the
         # "Serving on" line is the event that it listens.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"zuul-registry exited: {self.log_text()[-2000:]}")
-            if "ENGINE Serving on" in self.log_text():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("zuul-registry did not start listening")
+        wait_started(
+            self.proc,
+            lambda: "ENGINE Serving on" in self.log_text(),
+            "zuul-registry",
+            self.log_text,
+            timeout=30,
+        )
 
     def blob_path(self, digest: str) -> Path:
         hexd = digest.split(":", 1)[1]
