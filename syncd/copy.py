@@ -417,7 +417,7 @@ class CopyEngine:
         Two tags of one index (``latest`` and its version) push the same children at the
         same moment. A second PUT of a child rewrites its link file in the registry while
         the other tag's index PUT is reading it, and distribution 2.8 then refuses that
-        index (DIGEST_INVALID with MANIFEST_BLOB_UNKNOWN: seen in a cold benchmark pass).
+        index (DIGEST_INVALID with MANIFEST_BLOB_UNKNOWN; docs/benchmarks.md, "Results").
         So there is one push per child and target repository at a time; the other copies
         wait for it and share its outcome.
         """

@@ -76,7 +76,8 @@ class ReferrerSync:
         self.metrics = metrics
         # Whether an image found up to date may make the registry's API probe. A one-shot
         # pass says no: with nothing to copy it then makes exactly one HEAD per tag per
-        # registry (issue 9's no-op budget); referrer tags are still found in the tag list.
+        # registry (the no-op budget, docs/benchmarks.md "Floors of the no-op passes");
+        # referrer tags are still found in the tag list.
         # A daemon says yes: one request per process, and it then also finds referrers
         # attached through the API to images it copied on earlier passes.
         self.probe_up_to_date = probe_up_to_date
