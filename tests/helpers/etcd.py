@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers.registry import free_port
+from tests.helpers.registry import free_port, kill_process, stop_process
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -89,19 +88,11 @@ class EtcdMember:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=10)
         self.proc = None
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        kill_process(self.proc)
         self.proc = None
 
 

@@ -6,16 +6,20 @@ log at ``LogLevel Info``; counting those lines is how tests prove what went thro
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers.registry import free_port, listening, wait_started
+from tests.helpers.registry import (
+    free_port,
+    kill_process,
+    listening,
+    stop_process,
+    wait_started,
+)
 
 TINYPROXY_BIN = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 _REQUEST_RE = re.compile(r"Request \(file descriptor \d+\): (?P<method>[A-Z]+) (?P<url>\S+)")
@@ -79,19 +83,11 @@ class ForwardProxy:
         )
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        kill_process(self.proc)
         self.proc = None
 
     def log_text(self) -> str:
