@@ -48,7 +48,7 @@ def test_replicas_split_the_work_and_take_over_a_killed_one(
     reps = replicas(3)
     wait_until(lambda: corpus.synced("v1"), 60, "v1 of every repository at every target", step=0.2)
     for d in reps:
-        wait_until(lambda d=d: len(status(d)["members"]) == 3, 10, "3 members")
+        wait_until(lambda d=d: len(status(d)["members"]) == 3, 30, "3 members")
     # Every unit is owned by exactly one replica, and all of them have a share.
     shares = {d.port: owned(d) for d in reps}
     units = [r for s in shares.values() for r in s]
@@ -183,7 +183,7 @@ def test_a_webhook_reaches_the_owner_through_etcd(corpus: Corpus, replicas: Repl
     reps = replicas(3, interval=300)
     wait_until(lambda: corpus.synced("v1"), 60, "v1 everywhere", step=0.2)
     for d in reps:
-        wait_until(lambda d=d: len(status(d)["members"]) == 3, 10, "3 members")
+        wait_until(lambda d=d: len(status(d)["members"]) == 3, 30, "3 members")
     owner = next(d for d in reps[1:] if owned(d))
     repo = owned(owner)[0]
     corpus.push_tag("v2", [repo])
