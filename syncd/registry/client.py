@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import aiohttp
@@ -65,10 +65,19 @@ def _blob_timeout(size: int) -> aiohttp.ClientTimeout:
 class RegistryClient:
     """The endpoints of one registry. Cheap to copy with another retry budget."""
 
-    def __init__(self, transport: Transport, *, retries: int = 0) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        retries: int = 0,
+        _variants: dict[int, RegistryClient] | None = None,
+    ) -> None:
         self.transport = transport
         self._attempts = retries
         self._hub = is_docker_hub(split_origin(transport.base_url)[1])
+        # The copies with other retry budgets, shared by all of them: every job asks for
+        # its rule's budget, and a new client per job was a measurable share of a pass.
+        self._variants = _variants if _variants is not None else {retries: self}
 
     def wire(self, repository: str) -> str:
         """The repository as this registry's API names it: on Docker Hub a one-component
@@ -95,7 +104,12 @@ class RegistryClient:
         return self.transport.host
 
     def with_retries(self, retries: int) -> RegistryClient:
-        return RegistryClient(self.transport, retries=retries)
+        variant = self._variants.get(retries)
+        if variant is None:
+            variant = self._variants[retries] = RegistryClient(
+                self.transport, retries=retries, _variants=self._variants
+            )
+        return variant
 
     @property
     def attempts(self) -> int:
@@ -107,9 +121,7 @@ class RegistryClient:
         return await self._send(req)
 
     async def _send(self, req: Request) -> Response:
-        if self._attempts and not req.attempts:
-            req = _with_attempts(req, self._attempts)
-        return await self.transport.send(req)
+        return await self.transport.send(req, self._attempts)
 
     async def ping(self) -> None:
         await self.transport.ping(self._attempts)
@@ -531,7 +543,3 @@ class RegistryClient:
             {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=2
         ).encode()
         return parse_manifest(raw, OCI_INDEX, where=f"{self.name}/{repository} referrers")
-
-
-def _with_attempts(req: Request, attempts: int) -> Request:
-    return replace(req, attempts=attempts)

@@ -302,12 +302,17 @@ class Transport:
     def _ssl_arg(self) -> Any:
         return self.ssl if self.ssl is not None else True
 
-    async def send(self, req: Request) -> Response:
-        """Send ``req`` (with retries unless ``req.retry`` is false) and read the body."""
+    async def send(self, req: Request, attempts: int = 0) -> Response:
+        """Send ``req`` (with retries unless ``req.retry`` is false) and read the body.
+
+        ``attempts`` is the caller's budget (a rule's ``retries``), used when the request
+        names none of its own.
+        """
+        attempts = req.attempts or attempts
         if not self._pinged.is_set():
             # The ping spends the budget of the request that needed it (a rule's retries).
-            await self.ping(req.attempts)
-        return await self._retried(self._attempts(req), self._send_once, req)
+            await self.ping(attempts)
+        return await self._retried(self._attempts(req, attempts), self._send_once, req)
 
     async def _send_once(self, req: Request) -> Response:
         async with self._exchange(req) as resp:
@@ -410,8 +415,8 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- retries -----------------------------------------------------------------------
-    def _attempts(self, req: Request) -> int:
-        return (req.attempts or self.retries) if req.retry else 1
+    def _attempts(self, req: Request, attempts: int = 0) -> int:
+        return (req.attempts or attempts or self.retries) if req.retry else 1
 
     def _policy(self, attempts: int) -> AsyncRetrying:
         """The tenacity policy for a budget of ``attempts``, built once per budget."""
