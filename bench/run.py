@@ -582,14 +582,14 @@ def daemon_pass(
     Wall is that pass's own duration (the delta of ``syncd_sync_duration_seconds_sum``), so
     it carries no interpreter start-up and no ``/v2/`` ping (once per process, before the
     first pass); CPU is the daemon's ``/proc`` utime + stime from mark to mark (the idle gap
-    before the pass, the pass, and answering the bench's ``/metrics`` scrapes, 4 a second).
+    before the pass, the pass, and one ``/metrics`` scrape).
 
-    Marks (access-log offsets, registries' and daemon's CPU) are taken between passes, right
-    after ``_count`` reaches k, and the pass measured is the one between two marks. The next
-    pass starts ``interval`` ± 10 % after the *start* of the previous one, so a gap can be
-    short. The daemon runs at ``--log-level info`` (two lines a pass) and logs "rule pass
-    started" before it sends anything: a mark taken when pass k + 1 had already started is
-    not clean, and the bench moves on to the next pair of clean marks.
+    Marks (access-log offsets, registries' and daemon's CPU) are taken between passes, as
+    soon as the daemon's log shows pass k ended, and the pass measured is the one between
+    two marks. The next pass starts ``interval`` ± 10 % after the *start* of the previous
+    one, so a gap can be short. The daemon runs at ``--log-level info`` (two lines a pass)
+    and logs "rule pass started" before it sends anything: a mark taken when pass k + 1 had
+    already started is not clean, and the bench moves on to the next pair of clean marks.
 
     With ``recheck`` the config also sets ``defaults.target_recheck``: the target tags the
     first pass checked are trusted in the measured one, which then asks only the source.
@@ -610,24 +610,35 @@ def daemon_pass(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
 
+    def passes_ended() -> tuple[int, int]:
+        """(passes ended, passes started) by the daemon's own log lines."""
+        with log.open("rb") as f:
+            f.seek(since)
+            text = f.read()
+        return text.count(b"rule bench: "), text.count(b"rule pass started")
+
     def mark(k: int, poll: float) -> tuple[bool, float, list[tuple[int, float]], float]:
-        """After pass k ended: (clean, duration sum, [(log offset, CPU)] per registry, CPU)."""
+        """After pass k ended: (clean, duration sum, [(log offset, CPU)] per registry, CPU).
+
+        The end of a pass is seen in the daemon's log (its "rule NAME: … in Ns" line), not
+        by scraping ``/metrics``: a scrape costs the daemon ~7 ms of CPU, and polling one a
+        few times a second would be billed to the pass being measured.
+        """
         deadline = time.monotonic() + TOOL_TIMEOUT  # bounded, and a dead daemon ends it
         while time.monotonic() < deadline and proc.poll() is None:
-            n, total = _scrape(port)
-            if n is not None and total is not None and n >= k:
+            if passes_ended()[0] >= k:
                 break
             time.sleep(poll)  # sleep-ok: poll interval of a bounded wait
         else:
             raise RuntimeError(f"pass {k} never ended (exit {proc.poll()})")
+        cpu = proc_cpu(proc.pid)
         for _, r in regs:
             r.settle()  # the registry logs a request just after answering it
         regs_now = [(_log_size(r), registry_cpu(r)) for _, r in regs]
-        cpu = proc_cpu(proc.pid)
-        with log.open("rb") as f:
-            f.seek(since)
-            started = f.read().count(b"rule pass started")
-        return n == k and started == k, total, regs_now, cpu
+        n, total = _scrape(port)
+        ended, started = passes_ended()
+        clean = n == k and ended == k and started == k
+        return clean, total or 0.0, regs_now, cpu
 
     regstats: list[RegStats] = []
     note = ""
