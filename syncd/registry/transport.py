@@ -434,37 +434,16 @@ class Transport:
     async def _retried(self, attempts: int, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """``fn(*args)`` under the policy for ``attempts`` (0: the transport's default).
 
-        The first attempt is made here, and tenacity takes over only when it fails with a
-        retryable error: it is replayed as tenacity's own first attempt (one raise, no
-        request), so the stop, the wait (``Retry-After``) and ``before_sleep`` count
-        attempts exactly as if tenacity had made it. Nearly every request succeeds at once,
-        and entering tenacity costs 50–140 µs of CPU per request, mostly its ``inspect``
-        checks: a fifth of a warm daemon's CPU per tag (docs/reliability.md, "Cost of the
-        retry policy").
-
-        The shared policy object is called directly (``AsyncRetrying.__call__``): unlike a
-        ``copy()`` per call or ``async for`` over one, it leaves no reference cycles for the
-        garbage collector. Concurrent calls may share it because each call's state is its
-        own ``RetryCallState`` and the object's scratch state is only used inside one
-        ``iter`` step, which never suspends while ``retry``, ``wait`` and ``before_sleep``
-        are plain functions, as they must stay.
+        The shared policy object is called directly (``AsyncRetrying.__call__``): of
+        tenacity's public ways it costs the least on a request that succeeds at once and,
+        unlike a ``copy()`` per call or ``async for`` over one, leaves no reference cycles
+        for the garbage collector (docs/reliability.md, "Cost of the retry policy").
+        Concurrent calls may share it because each call's state is its own
+        ``RetryCallState`` and the object's scratch state is only used inside one
+        ``iter`` step, which never suspends while ``retry``, ``wait`` and
+        ``before_sleep`` are plain functions, as they must stay.
         """
-        attempts = attempts or self.retries
-        try:
-            return await fn(*args)
-        except SyncdError as e:
-            if attempts <= 1 or not e.retryable:
-                raise
-            first: SyncdError | None = e
-
-        async def replay_then_call(*a: Any) -> _T:
-            nonlocal first
-            if first is not None:
-                failed, first = first, None
-                raise failed
-            return await fn(*a)
-
-        result: _T = await self._policy(attempts)(replay_then_call, *args)
+        result: _T = await self._policy(attempts or self.retries)(fn, *args)
         return result
 
     def _note_retry(self, state: RetryCallState, attempts: int) -> None:
