@@ -315,7 +315,10 @@ class Transport:
         return await self._retried(self._attempts(req, attempts), self._send_once, req)
 
     async def _send_once(self, req: Request) -> Response:
-        async with self._exchange(req) as resp:
+        # Not ``async with self._exchange(req)``: a generator-based context manager costs
+        # tens of µs, and this is every request's path.
+        resp, slot = await self._start(req)
+        try:
             if req.method == "HEAD":
                 body = b""
             elif resp.status in req.expect:
@@ -337,6 +340,8 @@ class Transport:
             # Parsed only when present: nearly no answer carries one, and the parse is not free.
             links = resp.links if "Link" in resp.headers else _NO_LINKS
             return Response(resp.status, resp.headers, body, str(resp.url), links)
+        finally:
+            self._finish(resp, slot)
 
     @asynccontextmanager
     async def stream(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -365,10 +370,23 @@ class Transport:
 
     @asynccontextmanager
     async def _exchange(self, req: Request) -> AsyncIterator[aiohttp.ClientResponse]:
+        """``_start`` and ``_finish`` around a block that reads the response (streams)."""
+        resp, slot = await self._start(req)
+        try:
+            yield resp
+        finally:
+            self._finish(resp, slot)
+
+    async def _start(self, req: Request) -> tuple[aiohttp.ClientResponse, Slot]:
         """One HTTP exchange with auth, in a slot of the registry's limits
-        (syncd.registry.limits); a 401 that brings a challenge is answered once."""
+        (syncd.registry.limits); a 401 that brings a challenge is answered once.
+
+        Returns the response (an expected or ``absent`` status) with its slot still held:
+        the caller reads what it needs and then calls ``_finish``.
+        """
         url, same_host = self._url(req)
-        async with self.limits.slot(req.method, req.path) as slot:
+        slot = await self.limits.acquire(req.method, req.path)
+        try:
             auth = slot.auth
             for auth_try in (1, 2):
                 headers = dict(req.headers)
@@ -405,14 +423,22 @@ class Transport:
                     ):
                         auth.forget(req.scopes)
                         await resp.content.read(MAX_ERROR_BODY)
+                        resp.release()
                         continue
                     if resp.status in req.expect or resp.status in req.absent:
-                        yield resp
-                        return
+                        return resp, slot
                     raise await self._status_error(req, resp, slot)
-                finally:
+                except BaseException:
                     resp.release()
+                    raise
+        except BaseException:
+            self.limits.release(slot)
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _finish(self, resp: aiohttp.ClientResponse, slot: Slot) -> None:
+        resp.release()
+        self.limits.release(slot)
 
     # -- retries -----------------------------------------------------------------------
     def _attempts(self, req: Request, attempts: int = 0) -> int:
