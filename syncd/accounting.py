@@ -71,6 +71,16 @@ class Accounting:
             result.blobs_skipped += o.blobs_skipped
             result.bytes_copied += o.bytes_copied
             at = result.at(o.target)
+            if o.action not in ("copied", "failed"):
+                # Up to date: nearly every image of a steady pass, so nothing is built for
+                # the log unless it is debugging.
+                at.up_to_date += 1
+                if log.isEnabledFor(logging.DEBUG):
+                    target = f"{o.target}/{o.repository}:{tag}"
+                    fields = {"event": "image_copy", "rule": rule.name, "source": name}
+                    fields.update(target=target, digest=image.digest, result=o.action)
+                    log.debug("up to date: %s at %s", name, target, extra=fields)
+                continue
             target = f"{o.target}/{o.repository}:{tag}"
             event = {
                 "event": "image_copy",
@@ -108,9 +118,6 @@ class Accounting:
                     ).inc()
                 result.failures.append(f"{name} -> {o.target}/{o.repository}: {o.error}")
                 log.error("failed %s to %s: %s", name, event["target"], o.error, extra=event)
-            else:
-                at.up_to_date += 1
-                log.debug("up to date: %s at %s", name, event["target"], extra=event)
         if failed:
             result.failed += 1
         elif copied:

@@ -193,10 +193,18 @@ class CopyEngine:
         result.manifest = manifest
 
         # Phase 1: where does each target stand? (one HEAD each)
-        heads = await asyncio.gather(
-            *(self._check_target(spec, result.digest, dry_run, looked) for spec in targets),
-            return_exceptions=True,
-        )
+        heads: list[bool | BaseException]
+        if len(targets) == 1:
+            # Most rules have one target: no task and gather for it (every tag, every pass).
+            try:
+                heads = [await self._check_target(targets[0], result.digest, dry_run, looked)]
+            except Exception as e:
+                heads = [e]
+        else:
+            heads = await asyncio.gather(
+                *(self._check_target(spec, result.digest, dry_run, looked) for spec in targets),
+                return_exceptions=True,
+            )
         todo: list[TargetSpec] = []
         for spec, head in zip(targets, heads, strict=True):
             t = spec.endpoint

@@ -43,6 +43,8 @@ class Lookahead:
         return self._tasks.pop(t, None)
 
     async def close(self) -> None:
+        if not self._tasks:
+            return
         left = list(self._tasks.values())
         self._tasks.clear()
         for task in left:
