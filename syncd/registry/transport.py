@@ -398,7 +398,7 @@ class Transport:
                         )
                 body: Any = req.body() if callable(req.body) else req.body
                 start = time.monotonic()
-                with self._map_errors(req.method, url, req.repository):
+                try:  # ``_map_errors`` spelled out: a generator per request costs
                     resp = await self.session.request(
                         req.method,
                         url,
@@ -409,6 +409,8 @@ class Transport:
                         timeout=req.timeout or aiohttp.helpers.sentinel,
                         allow_redirects=req.method in ("GET", "HEAD"),
                     )
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise self._failed(e, req.method, url, req.repository, start) from None
                 try:
                     self._count(req.method, resp.status, start)
                     self.limits.answered(slot, resp.status, resp.headers)
@@ -509,14 +511,18 @@ class Transport:
 
     @contextmanager
     def _map_errors(self, method: str, url: str, repository: str) -> Iterator[None]:
-        """aiohttp's connection errors as a counted ``NetworkError`` (a plain ``with``: it
-        sits on every request's path, and an async generator costs several times more)."""
+        """aiohttp's connection errors as a counted ``NetworkError``."""
         start = time.monotonic()
         try:
             yield
         except (aiohttp.ClientError, TimeoutError) as e:
-            self._count(method, "error", start)
-            raise self._network_error(e, method, url, repository) from None
+            raise self._failed(e, method, url, repository, start) from None
+
+    def _failed(
+        self, e: BaseException, method: str, url: str, repository: str, start: float
+    ) -> RegistryError:
+        self._count(method, "error", start)
+        return self._network_error(e, method, url, repository)
 
     async def _status_error(
         self, req: Request, resp: aiohttp.ClientResponse, slot: Slot
