@@ -83,6 +83,8 @@ class ReferrerSync:
         self.probe_up_to_date = probe_up_to_date
         # registry name -> whether it answers the referrers API
         self._api: dict[str, bool] = {}
+        # registry names the state store had no answer for, when first asked
+        self._not_stored: set[str] = set()
         self._probe = asyncio.Lock()
         # (source repository, digest): two tags of one image in a pass carry its referrers
         # one after the other, so the second finds them there.
@@ -91,6 +93,7 @@ class ReferrerSync:
     def forget_registry(self, name: str) -> None:
         """Ask registry ``name`` about the referrers API again (a reload changed it)."""
         self._api.pop(name, None)
+        self._not_stored.discard(name)
 
     def for_job(self, rule: RuleConfig, source: Endpoint, tags: Collection[str]) -> SourceReferrers:
         """A view of one source repository for one job (one tag), with its own memo."""
@@ -99,8 +102,13 @@ class ReferrerSync:
     def known_api(self, endpoint: Endpoint) -> bool | None:
         """Whether the registry has the referrers API, if known (asked, or in the store)."""
         name = endpoint.client.name
-        if name not in self._api and (stored := self.engine.facts.api_known(endpoint)) is not None:
-            self._api[name] = stored
+        if name not in self._api and name not in self._not_stored:
+            stored = self.engine.facts.api_known(endpoint)
+            if stored is None:
+                # Not asked again on every tag: the answer comes from this process's probe.
+                self._not_stored.add(name)
+            else:
+                self._api[name] = stored
         return self._api.get(name)
 
     async def has_api(self, endpoint: Endpoint, digest: str) -> tuple[bool, Manifest | None]:
@@ -376,6 +384,10 @@ class SourceReferrers:
         A failure marks the image failed at that target (its outcome), so the pass reports
         it and the next pass, finding the image up to date, tries the referrers again.
         """
+        if not self.tags and self.sync.known_api(self.source) is False:
+            # Nothing can refer to it here (no API, no referrer tag in the repository): the
+            # answer of ``subjects`` without the turn, for nearly every tag of a steady pass.
+            return Carried()
         async with self.sync.carrying.turn((str(self.source), head.digest)):
             return await self._carry(head, image, specs, dry_run)
 

@@ -418,7 +418,7 @@ class Syncer:
             await self._bytes.track(
                 self.engine,
                 rule.name,
-                self._holder(rule, source, image),
+                lambda: self._holder(rule, source, image),
                 job.tag,
                 job.targets,
                 image,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from syncd.endpoint import Endpoint
@@ -46,13 +46,13 @@ class TargetBytes:
         self,
         engine: CopyEngine,
         rule: str,
-        holder: Endpoint,
+        holder: Callable[[], Endpoint],
         tag: str,
         targets: tuple[tuple[str, str], ...],
         image: ImageResult,
     ) -> None:
         """Remember that ``image`` (and its children) is kept at each of ``targets``; blob
-        sizes not known yet come from the store, else from manifests read from ``holder``
+        sizes not known yet come from the store, else from manifests read from ``holder()``
         (or the engine's cache)."""
         # Interned: the tags of one image then hold one string, not one per tag and pass.
         digest = sys.intern(image.digest)
@@ -60,9 +60,10 @@ class TargetBytes:
             blobs = self._store.sizes_get(digest)
             try:
                 if blobs is None:
-                    m = image.manifest or await engine.manifest(holder, digest)
+                    where = holder()
+                    m = image.manifest or await engine.manifest(where, digest)
                     blobs = {}
-                    for part in [m, *(await engine.children(holder, m) if m.is_index else [])]:
+                    for part in [m, *(await engine.children(where, m) if m.is_index else [])]:
                         blobs.update((b.digest, b.size) for b in part.blobs)
                     self._store.sizes_put(digest, blobs)
             except SyncdError as e:
