@@ -398,7 +398,8 @@ class Transport:
                         )
                 body: Any = req.body() if callable(req.body) else req.body
                 start = time.monotonic()
-                try:  # ``_map_errors`` spelled out: a generator per request costs
+                # ``_map_errors`` spelled out, without a generator on every request's path.
+                try:
                     resp = await self.session.request(
                         req.method,
                         url,
