@@ -156,3 +156,20 @@ def test_daemon_pairs_with_skopeos_noop_and_floor_has_no_rss() -> None:
     table = "\n".join(R.floors_table(summary))
     assert "| noop | syncd run (steady-state pass) | 0.50 | 0.250 |" in table
     assert "| noop | request floor | 0.20 | 0.100 |" in table
+
+
+def test_daemon_bench_pairs_passes_with_the_floor_and_restarts(tmp_path: Path) -> None:
+    """bench.daemon's machinery: a paused daemon makes exactly one pass per pair, each
+    with the floor's requests, and a restart asks the same plus one ping per registry."""
+    from bench.daemon import run
+
+    result = run(tags=60, pairs=1, recheck=None, workdir=tmp_path)
+    (pair,) = result["pairs"]
+    assert pair["floor"]["wall"] > 0 and pair["daemon"]["wall"] > 0
+    steady = {"tags_list": 5, "manifest_head": 60}
+    assert pair["daemon"]["source_requests"] == steady
+    assert pair["daemon"]["target_requests"] == {"manifest_head": 60}
+    first = result["restart_first_pass"]
+    assert first["source_requests"] == {**steady, "ping": 1}
+    assert first["target_requests"] == {"manifest_head": 60, "ping": 1}
+    assert result["restart_steady_pass"]["source_requests"] == steady
