@@ -51,6 +51,8 @@ class EtcdStore:
         self._pending: dict[str, bytes | None] = {}  # key -> value, None: delete
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._watch: Any = None  # the aetcd watch being followed, ended by ``aclose``
+        self._closing = False
 
     # -- lifetime ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -69,9 +71,17 @@ class EtcdStore:
         """Send what is queued (bounded by one request timeout), then stop."""
         with contextlib.suppress(EtcdUnavailableError):
             await self._send()
+        # The watch is ended through aetcd's own cancel first: cancelling the task alone
+        # can leave it waiting inside the watch for good (seen as a hang of ``asyncio.run``
+        # at exit), and nothing here may wait without a bound.
+        self._closing = True
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._watch.cancel(), self._ttl)
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._ttl)
         await self._etcd.aclose()
 
     def flush(self) -> None:
@@ -90,7 +100,7 @@ class EtcdStore:
         pause = min(1.0, self._ttl / 4)
         while True:
             try:
-                watch = await self._etcd.call("watch", self._watch_from(revision))
+                watch = self._watch = await self._etcd.call("watch", self._watch_from(revision))
                 async for event in watch:
                     key = event.kv.key.decode()
                     self._apply(key, None if event.kind == "DELETE" else event.kv.value)
@@ -99,6 +109,8 @@ class EtcdStore:
                 pass
             except Exception as e:  # the watch stream broke (a member died, a compaction)
                 log.debug("state watch ended: %s", type(e).__name__)
+            if self._closing:
+                return
             await asyncio.sleep(pause)  # sleep-ok: pace of re-watching while etcd is away
             with contextlib.suppress(EtcdUnavailableError):
                 revision = await self._load()
