@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import signal
@@ -43,25 +42,12 @@ from typing import Any
 import yaml
 
 from bench import corpus as C
-from bench.run import metric_value, request_floor
+from bench.run import _vm_hwm_kb, metric_value, proc_cpu, registry_cpu, request_floor, save_result
 from tests.helpers.registry import Registry, RegistryFactory, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = Path(__file__).resolve().parent / "out"
 AGENT = "syncd/"
 PASS_TIMEOUT = 1800.0  # seconds; a bound for one pass at any size this machine can seed
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Daemon:
@@ -126,7 +112,7 @@ class Daemon:
 
 
 def _regs_cpu(regs: list[Registry]) -> float:
-    return sum(_cpu(r.proc.pid) for r in regs if r.proc is not None)
+    return sum(registry_cpu(r) for r in regs)
 
 
 def _floor(src: Registry, tgt: Registry, repos: list[str]) -> dict[str, Any]:
@@ -144,17 +130,17 @@ def _floor(src: Registry, tgt: Registry, repos: list[str]) -> dict[str, Any]:
 
 def _pass(d: Daemon, k: int, regs: list[Registry]) -> dict[str, Any]:
     """Let the paused daemon make pass ``k`` and pause it again; that pass's figures."""
-    s0, c0, g0 = d.summed, _cpu(d.proc.pid), _regs_cpu(regs)
+    s0, c0, g0 = d.summed, proc_cpu(d.proc.pid), _regs_cpu(regs)
     marks = [r.log_mark() for r in regs]
     d.resume()
     d.pause_after(k)
-    cpu, regs_cpu = _cpu(d.proc.pid) - c0, _regs_cpu(regs) - g0
+    cpu, regs_cpu = proc_cpu(d.proc.pid) - c0, _regs_cpu(regs) - g0
     counts = [dict(r.counts(m, AGENT)) for r, m in zip(regs, marks, strict=True)]
     return {
         "wall": round(d.summed - s0, 2),
         "cpu": round(cpu, 2),
         "registries_cpu": round(regs_cpu, 2),
-        "peak_rss_mb": round(_hwm_mb(d.proc.pid), 1),
+        "peak_rss_mb": round(_vm_hwm_kb(d.proc.pid) / 1024, 1),
         "source_requests": counts[0],
         "target_requests": counts[1],
     }
@@ -205,7 +191,7 @@ def run(tags: int, pairs: int, recheck: str | None, workdir: Path) -> dict[str, 
             marks = [r.log_mark() for r in regs]
             first = {
                 "wall": round(restarted.pause_after(1), 2),
-                "cpu_with_start_up": round(_cpu(restarted.proc.pid), 2),
+                "cpu_with_start_up": round(proc_cpu(restarted.proc.pid), 2),
                 "source_requests": dict(src.counts(marks[0], AGENT)),
                 "target_requests": dict(tgt.counts(marks[1], AGENT)),
             }
@@ -242,10 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="syncd-bench-daemon-") as d:
         result = run(args.tags, args.pairs, args.recheck, Path(d))
-    OUT_DIR.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (OUT_DIR / f"daemon-{stamp}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("daemon", result)
     return 0
 
 

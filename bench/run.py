@@ -154,6 +154,15 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def save_result(kind: str, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` to ``bench/out/<kind>-<time>.json`` and print it; the path written."""
+    OUT_DIR.mkdir(exist_ok=True)
+    path = OUT_DIR / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(doc, indent=2))
+    print(json.dumps(doc, indent=2))
+    return path
+
+
 def registry_cpu(reg: Registry) -> float:
     """CPU seconds the registry process has used so far."""
     return 0.0 if reg.proc is None else proc_cpu(reg.proc.pid)

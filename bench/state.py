@@ -35,10 +35,10 @@ from typing import Any
 import yaml
 
 from bench import corpus as C
+from bench.run import save_result
 from tests.helpers.registry import RegistryFactory
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = Path(__file__).resolve().parent / "out"
 AGENT = "syncd/"
 
 _DRIVER = """
@@ -176,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="syncd-bench-state-") as d:
         doc = {"store": store_cost(args.store_tags), "restart": restart(args.tags, Path(d))}
-    OUT_DIR.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (OUT_DIR / f"state-{stamp}.json").write_text(json.dumps(doc, indent=2))
-    print(json.dumps(doc, indent=2))
+    save_result("state", doc)
     return 0
 
 
