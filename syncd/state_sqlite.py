@@ -146,7 +146,7 @@ class SqliteStore:
             path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             # NORMAL in WAL mode: a commit survives a process kill, may be lost only to a
             # power cut; a cache can afford that, and commits then cost no fsync.
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -159,6 +159,25 @@ class SqliteStore:
         self._images: dict[tuple[str, str], tuple[str, float, bool]] = {}
         self._sizes: dict[str, dict[str, int]] = {}
         self._failed_once = False
+
+    def _use_wal(self) -> None:
+        """Switch a new file to WAL. The switch takes an exclusive lock and SQLite does not
+        call the busy handler for it: a process creating the file while another does gets
+        "database is locked" at once (sqlite.org/wal.html, "Activating And Configuring WAL
+        Mode"). So it is retried here, within the same ``BUSY_TIMEOUT``."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        pause = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # sleep-ok: backoff on another process's lock
+            pause = min(pause * 2, 0.2)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

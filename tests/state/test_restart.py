@@ -122,7 +122,7 @@ def test_two_onces_side_by_side_share_one_store(
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     rows = dict(db.execute("SELECT rule, count(*) FROM tags GROUP BY rule").fetchall())
     db.close()
-    assert rows == {"job0": 10, "job1": 10}
+    assert rows == {"job0": 10, "job1": 10}, [err for _, err in outs]
     # Each config prunes only what its own rule wrote.
     delete_tag(source.url, "rs/app0", "v0")
     r = run("-c", str(configs[1]), "once")

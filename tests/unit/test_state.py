@@ -234,6 +234,45 @@ def test_two_writers_share_a_file_and_a_kill_leaves_it_whole(tmp_path: Path) -> 
     assert _count(path) == n + 1
 
 
+_OPENER = """
+import sys
+from syncd.state_sqlite import open_store
+print("ready", flush=True)
+sys.stdin.readline()
+s = open_store(sys.argv[1])
+s.tag_put("r", "reg", "app", sys.argv[2], "sha256:" + "a" * 64, at=1.0)
+s.close()
+print(type(s).__name__, flush=True)
+"""
+
+
+def test_processes_creating_one_file_at_once_all_keep_it(tmp_path: Path) -> None:
+    # Switching a new file to WAL takes a lock SQLite does not wait for: without a retry,
+    # one of several CI jobs starting together kept its facts in memory and lost them.
+    for round_ in range(6):
+        path = tmp_path / f"s{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPENER, str(path), f"p{i}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:  # all released together
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [o.strip() for o, _ in outs] == ["SqliteStore"] * 4, [e for _, e in outs]
+        assert _count(path) == 4
+
+
 def test_an_older_file_is_migrated_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
