@@ -95,6 +95,18 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             raise EtcdUnavailableError(f"{self._target}: {e.code().name}") from None
 
 
+def closed_under_us() -> bool:
+    """Whether a CancelledError just caught came from grpc, not from a cancelled caller.
+
+    grpc.aio cancels every call of a channel that is closed, and the call raises
+    CancelledError in whoever awaits it: another request failed and dropped the shared
+    client. That is a failed request; only a task that was itself told to stop
+    (``Task.cancelling``) must stop.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 def _credentials(cfg: EtcdConfig) -> grpc.ChannelCredentials | None:
     if not cfg.endpoints[0].startswith("https://"):
         return None
@@ -118,6 +130,11 @@ class EtcdSession:
         # Bumped when the client is replaced: a watch on the old one is dead and must restart.
         self.generation = 0
         self.replaced = asyncio.Event()
+
+    @property
+    def timeout(self) -> float:
+        """The deadline of one request, in seconds."""
+        return self._timeout
 
     @property
     def endpoint(self) -> str:
@@ -158,6 +175,13 @@ class EtcdSession:
         client = await self._connect()
         try:
             return await asyncio.wait_for(fn(client), self._timeout)
+        except asyncio.CancelledError:
+            if not closed_under_us():
+                raise
+            await self.drop(client)
+            raise EtcdUnavailableError(
+                f"etcd {op} at {client._target}: the connection was closed"
+            ) from None
         except (TimeoutError, grpc.RpcError, aetcd.exceptions.ClientError) as e:
             cause = e.__cause__ if isinstance(e, aetcd.exceptions.ClientError) else e
             if (

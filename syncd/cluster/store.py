@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
-from syncd.cluster.etcd import EtcdSession, EtcdUnavailableError
+from syncd.cluster.etcd import EtcdSession, EtcdUnavailableError, closed_under_us
 from syncd.config.schema import ClusterConfig
 from syncd.metrics import Metrics
 from syncd.state import MemoryStore, TagRecord
@@ -107,6 +107,10 @@ class EtcdStore:
                     revision = max(revision, int(event.kv.mod_revision))
             except EtcdUnavailableError:
                 pass
+            except asyncio.CancelledError:
+                if not closed_under_us():
+                    raise
+                log.debug("state watch ended: its connection was closed")
             except Exception as e:  # the watch stream broke (a member died, a compaction)
                 log.debug("state watch ended: %s", type(e).__name__)
             if self._closing:
