@@ -333,17 +333,24 @@ class Replica:
         return revision
 
     async def _resync(self) -> int:
-        """Read the members and this replica's inbox; the revision to watch from."""
+        """Read this replica's inbox and the members; the revision to watch from.
+
+        Two reads are two revisions. The watch starts after the first (the inbox's): an
+        inbox entry is then delivered once, by the read or by the watch, and a member who
+        joined between the reads is replayed by the watch (a put or delete applied twice is
+        applied once). Starting after the later read would lose a member who joined between
+        them, for good.
+        """
+        inbox = await self._etcd.call("range", lambda c: c.get_prefix(self._inbox.encode()))
         got = await self._etcd.call(
             "range", lambda c: c.get_prefix(self._members_prefix.encode(), keys_only=True)
         )
         before = set(self._members)
         self._members = {kv.key.decode()[len(self._members_prefix) :] for kv in got}
         self._members_changed(before)
-        inbox = await self._etcd.call("range", lambda c: c.get_prefix(self._inbox.encode()))
         for kv in inbox:
             self._deliver(kv.key, kv.value)
-        return int(max(got.header.revision, inbox.header.revision))
+        return int(inbox.header.revision)
 
     async def _leave_locally(self) -> None:
         self._claims.clear()

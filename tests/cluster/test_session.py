@@ -7,8 +7,9 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.cluster.conftest import requires_etcd
 from tests.helpers.etcd import EtcdCluster, etcd_cluster
 
 pytestmark = [requires_etcd]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -94,6 +96,37 @@ async def test_a_lease_loop_that_ends_cancelled_means_a_rejoin(one_etcd: EtcdClu
         lease.cancel()
         await _until(lambda: replica._lease not in (None, old), "a new lease", timeout=10)
         await _until(lambda: replica.ready, "ready again", timeout=10)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await replica.aclose()
+
+
+async def test_a_member_joining_between_the_two_reads_is_seen(one_etcd: EtcdCluster) -> None:
+    # A replica reads its inbox and the members in two requests, at two revisions, then
+    # watches. A member whose key lands between the two reads must still be seen.
+    config = ClusterConfig(
+        etcd=EtcdConfig(endpoints=tuple(one_etcd.endpoints)), name="solo", lease_ttl=3.0
+    )
+    replica = Replica(config)
+    session = replica._etcd
+    real_call = session.call
+    reads = 0
+
+    async def call(op: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        nonlocal reads
+        out = await real_call(op, fn)
+        if op == "range":
+            reads += 1
+            if reads == 1:  # between the first read and the second: another member joins
+                one_etcd.ctl("put", f"{config.prefix}members/late", "{}")
+        return out
+
+    session.call = call  # type: ignore[method-assign]
+    runner = asyncio.create_task(replica.run())
+    try:
+        await _until(lambda: replica.ready, "joined")
+        await _until(lambda: "late" in replica.status()["members"], "the late member", timeout=5)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
