@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -166,12 +166,14 @@ class CopyEngine:
         dry_run: bool = False,
         looked: Lookahead | None = None,
         artifact: bool = False,
+        gate: asyncio.Semaphore | None = None,
     ) -> ImageResult:
         """Bring every target to the source's digest for ``reference``.
 
         Failures are recorded per target in the result; this only raises on cancellation.
         ``artifact``: a referrer (signature, SBOM), not an image whose layers other
-        repositories may share (see ``TargetFacts.locate``).
+        repositories may share (see ``TargetFacts.locate``). ``gate``: held while the image
+        is copied (phases 2 and 3), not while its targets are checked.
         """
         result = ImageResult(source=str(source), reference=reference)
         try:
@@ -242,9 +244,10 @@ class CopyEngine:
         with self._tag_copies.owning(
             claimed, failures, "another copy of this tag to this target was interrupted"
         ):
-            counts, seconds = await self._copy_to(
-                source, result, [spec for _, _, spec in claimed], failures
-            )
+            async with gate or nullcontext():
+                counts, seconds = await self._copy_to(
+                    source, result, [spec for _, _, spec in claimed], failures
+                )
         await TargetClaims.join(joined, failures)
         for outcome, spec in zip(result.outcomes, targets, strict=True):
             if outcome.action != "copying":

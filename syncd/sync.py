@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Images checked at a time per image copied at a time (see ``Syncer.run_rule``).
+CHECKS_PER_COPY = 2
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     repository: str
@@ -126,7 +130,9 @@ class Syncer:
             self.account.listing_failed(
                 rule, result, skip.registry or rule.source, skip, prefix="pass skipped: "
             )
-        queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=rule.concurrency * 2)
+        queue: asyncio.Queue[_Job | None] = asyncio.Queue(
+            maxsize=CHECKS_PER_COPY * rule.concurrency * 2
+        )
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
         # what the source answered for each repository (what prune may act on)
@@ -143,19 +149,24 @@ class Syncer:
                     except SyncdError as e:
                         self.account.listing_failed(rule, result, f"{rule.source}/{repo}", e)
             finally:
-                for _ in range(rule.concurrency):
+                for _ in range(CHECKS_PER_COPY * rule.concurrency):
                     await queue.put(None)
+
+        # ``concurrency`` images are copied at a time (the gate). Twice as many are checked
+        # at a time: a check is two HEADs and some bookkeeping, and while one worker does
+        # the bookkeeping the others keep the registry connections (max_concurrency) busy.
+        gate = asyncio.Semaphore(rule.concurrency)
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
                 if self.ownership.may_write():  # else fenced: the unit's next owner copies it
-                    await self._run_job(rule, job, result, dry_run)
+                    await self._run_job(rule, job, result, dry_run, gate)
                 else:
                     result.fenced += 1
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(produce())
-            for _ in range(rule.concurrency):
+            for _ in range(CHECKS_PER_COPY * rule.concurrency):
                 tg.create_task(work())
         if rule.prune is not None:
             self._take_prune(rule, result, await self.pruner.prune(rule, listings, dry_run=dry_run))
@@ -346,7 +357,12 @@ class Syncer:
         result.failed += 1
 
     async def _run_job(
-        self, rule: RuleConfig, job: _Job, result: RulePassResult, dry_run: bool
+        self,
+        rule: RuleConfig,
+        job: _Job,
+        result: RulePassResult,
+        dry_run: bool,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         source = Endpoint(self.pool.client(rule.source).with_retries(rule.retries), job.repository)
         specs = [
@@ -378,6 +394,7 @@ class Syncer:
                 source_digest=head.digest if head else None,
                 dry_run=dry_run,
                 looked=looked,
+                gate=gate,
             )
         finally:
             await looked.close()

@@ -369,3 +369,24 @@ async def test_two_tags_of_one_index_push_each_child_once(
     assert sorted(child_puts) == sorted(set(child_puts)) and len(child_puts) == 3
     for tag in ("1.0", "latest", "stable"):
         assert manifest_raw(target.url, "twin/app", tag) == idx.raw
+
+
+async def test_concurrency_bounds_the_images_copied_at_once(
+    source: Registry, target: Registry
+) -> None:
+    # ``concurrency`` counts images being copied; the checks of the next ones may run
+    # alongside (twice as many), but a copy starts only when one has ended.
+    repos = [f"conc{n}/app" for n in range(4)]
+    for n, repo in enumerate(repos):
+        push(source.url, repo, "v1", image(f"conc-{n}", layers=2))
+    mark = target.log_mark()
+    result = await sync(make_config(source, [target], repos, concurrency=1))
+    assert result.ok and result.synced == 4
+    writes = [
+        a.path.split("/")[2]
+        for a in target.accesses(mark, UA)
+        if a.kind.startswith("upload_") or a.kind in ("mount", "manifest_put")
+    ]
+    # One image after another: each repository's writes are one unbroken run.
+    runs = [w for i, w in enumerate(writes) if i == 0 or writes[i - 1] != w]
+    assert len(runs) == len(set(runs)) == 4, writes
