@@ -186,9 +186,10 @@ def run(tags: int, pairs: int, recheck: str | None, workdir: Path) -> dict[str, 
         finally:
             daemon.stop()
 
+        # Marks before the start: the new process may reach the registries at once.
+        marks = [r.log_mark() for r in regs]
         restarted = Daemon(cfg, log)
         try:
-            marks = [r.log_mark() for r in regs]
             first = {
                 "wall": round(restarted.pause_after(1), 2),
                 "cpu_with_start_up": round(proc_cpu(restarted.proc.pid), 2),
