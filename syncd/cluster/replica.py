@@ -105,16 +105,19 @@ class Replica:
     # -- syncd.ownership.Ownership ------------------------------------------------------
     def may_write(self) -> bool:
         alive = self._lease is not None and time.monotonic() < self._deadline
-        if not alive and self._lease is not None and not self._fenced_logged:
-            self._fenced_logged = True
-            import syncd
+        if not alive and self._lease is not None:
+            self._fenced()
+        return alive
 
-            getattr(syncd, "_debug_arm", lambda: None)()
+    def _fenced(self) -> None:
+        """Say once per lease that this replica may not write (the lease ran out, or etcd
+        says it is gone), whichever notices first: a pass or the keep-alive loop."""
+        if not self._fenced_logged:
+            self._fenced_logged = True
             log.warning(
                 "cluster lease not renewed in time: fenced, no copy starts and no tag is written",
                 extra={"event": "cluster_fenced", "replica": self.name},
             )
-        return alive
 
     async def select(
         self, rule: str, repositories: Sequence[str], *, complete: bool = True
@@ -370,6 +373,7 @@ class Replica:
             except EtcdUnavailableError as e:
                 self._count_renewal("failure")
                 if time.monotonic() >= self._deadline:
+                    self._fenced()
                     raise _LeaseLostError(f"lease not renewed within its TTL ({e})") from None
                 log.warning("cluster lease renewal failed: %s", e, extra={"replica": self.name})
                 # The session moved to the next endpoint: try it now, not a period later, so
@@ -379,6 +383,7 @@ class Replica:
             delay = period
             if reply is None or reply.TTL <= 0:
                 self._count_renewal("failure")
+                self._fenced()
                 raise _LeaseLostError("etcd says the lease expired")
             self._count_renewal("success")
             self._deadline = sent + float(reply.TTL) - FENCE_MARGIN
