@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +68,25 @@ requires_etcd = pytest.mark.skipif(
     shutil.which("etcd") is None and not Path(ETCD_BIN).exists(),
     reason="etcd-server is not installed (scripts/bootstrap installs it)",
 )
+
+
+@pytest.fixture
+def one_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A single-member etcd, for tests of one store or one replica in-process."""
+    cluster = etcd_cluster(tmp_path / "etcd", 1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+async def until(cond: Callable[[], object], what: str, timeout: float = 10) -> None:
+    """Poll ``cond`` from inside the event loop until true; fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)  # sleep-ok: poll interval of a bounded wait
 
 
 @pytest.fixture

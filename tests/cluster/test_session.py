@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -16,28 +14,11 @@ import pytest
 from syncd.cluster.etcd import EtcdSession, EtcdUnavailableError
 from syncd.cluster.replica import Replica
 from syncd.config.schema import ClusterConfig, EtcdConfig
-from tests.cluster.conftest import requires_etcd
-from tests.helpers.etcd import EtcdCluster, etcd_cluster
+from tests.cluster.conftest import requires_etcd, until
+from tests.helpers.etcd import EtcdCluster
 
 pytestmark = [requires_etcd]
 T = TypeVar("T")
-
-
-@pytest.fixture
-def one_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = etcd_cluster(tmp_path / "etcd", 1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-
-
-async def _until(cond: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)  # sleep-ok: poll interval of a bounded wait
 
 
 def _session(etcd: EtcdCluster) -> EtcdSession:
@@ -90,12 +71,12 @@ async def test_a_lease_loop_that_ends_cancelled_means_a_rejoin(one_etcd: EtcdClu
     replica = Replica(config)
     runner = asyncio.create_task(replica.run())
     try:
-        await _until(lambda: replica.ready, "joined")
+        await until(lambda: replica.ready, "joined")
         old = replica._lease
         lease = next(t for t in asyncio.all_tasks() if t.get_name() == "cluster-lease")
         lease.cancel()
-        await _until(lambda: replica._lease not in (None, old), "a new lease", timeout=10)
-        await _until(lambda: replica.ready, "ready again", timeout=10)
+        await until(lambda: replica._lease not in (None, old), "a new lease", timeout=10)
+        await until(lambda: replica.ready, "ready again", timeout=10)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
@@ -125,8 +106,8 @@ async def test_a_member_joining_between_the_two_reads_is_seen(one_etcd: EtcdClus
     session.call = call  # type: ignore[method-assign]
     runner = asyncio.create_task(replica.run())
     try:
-        await _until(lambda: replica.ready, "joined")
-        await _until(lambda: "late" in replica.status()["members"], "the late member", timeout=5)
+        await until(lambda: replica.ready, "joined")
+        await until(lambda: "late" in replica.status()["members"], "the late member", timeout=5)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)

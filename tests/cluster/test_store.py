@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
 
 from syncd.cluster.store import EtcdStore, stored_reports
 from syncd.config.schema import ClusterConfig, EtcdConfig
-from tests.cluster.conftest import requires_etcd
-from tests.helpers.etcd import EtcdCluster, etcd_cluster
+from tests.cluster.conftest import requires_etcd, until
+from tests.helpers.etcd import EtcdCluster
 
 pytestmark = [requires_etcd]
 REG = "127.0.0.1:5000"
 
 
-@pytest.fixture
-def one_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = etcd_cluster(tmp_path / "etcd", 1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-
-
 def _config(etcd: EtcdCluster, name: str) -> ClusterConfig:
     return ClusterConfig(etcd=EtcdConfig(endpoints=tuple(etcd.endpoints)), name=name, lease_ttl=3.0)
-
-
-async def _until(cond: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)  # sleep-ok: poll interval of a bounded wait
 
 
 async def test_one_replica_reads_what_another_wrote(one_etcd: EtcdCluster) -> None:
@@ -54,14 +32,14 @@ async def test_one_replica_reads_what_another_wrote(one_etcd: EtcdCluster) -> No
         a.image_put(REG, "team/app", "sha256:" + "1" * 64, noted=True)
         a.save_report("mirror", {"name": "mirror", "targets": []})
         a.flush()
-        await _until(lambda: b.tag_get("mirror", REG, "team/app", "v1"), "the tag at b")
+        await until(lambda: b.tag_get("mirror", REG, "team/app", "v1"), "the tag at b")
         rec = b.tag_get("mirror", REG, "team/app", "v1")
         assert rec is not None and (rec.digest, rec.at, rec.trusted_until) == (
             "sha256:" + "1" * 64,
             100.0,
             200.0,
         )
-        await _until(lambda: b.reports().get("mirror"), "the report at b")
+        await until(lambda: b.reports().get("mirror"), "the report at b")
         assert b.blob_where(REG, "sha256:" + "2" * 64) == "team/app"
         assert b.sizes_get("sha256:" + "1" * 64) == {"sha256:" + "2" * 64: 42}
         assert b.fact_get(REG, "referrers_api") == ("false", 5.0)
@@ -69,8 +47,8 @@ async def test_one_replica_reads_what_another_wrote(one_etcd: EtcdCluster) -> No
         b.tag_delete("mirror", REG, "team/app", "v1")
         b.repository_forget(REG, "team/app")
         b.flush()
-        await _until(lambda: a.tag_get("mirror", REG, "team/app", "v1") is None, "delete at a")
-        await _until(lambda: a.blob_where(REG, "sha256:" + "2" * 64) is None, "blob gone at a")
+        await until(lambda: a.tag_get("mirror", REG, "team/app", "v1") is None, "delete at a")
+        await until(lambda: a.blob_where(REG, "sha256:" + "2" * 64) is None, "blob gone at a")
     finally:
         await a.aclose()
         await b.aclose()
@@ -96,7 +74,7 @@ async def test_writes_wait_for_etcd(one_etcd: EtcdCluster) -> None:
         one_etcd.members[0].start()
         one_etcd.wait_healthy()
         a.flush()
-        await _until(
+        await until(
             lambda: any("v2" in k for k in one_etcd.keys("/syncd/state/tag/")),
             "the queued write in etcd",
             timeout=20,
