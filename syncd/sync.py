@@ -130,9 +130,13 @@ class Syncer:
             self.account.listing_failed(
                 rule, result, skip.registry or rule.source, skip, prefix="pass skipped: "
             )
-        queue: asyncio.Queue[_Job | None] = asyncio.Queue(
-            maxsize=CHECKS_PER_COPY * rule.concurrency * 2
-        )
+        # ``concurrency`` images are copied at a time (the gate); CHECKS_PER_COPY times as
+        # many are checked at a time: a check is two HEADs and some bookkeeping, and while
+        # one worker does the bookkeeping the others keep the registry connections
+        # (max_concurrency) busy.
+        workers = CHECKS_PER_COPY * rule.concurrency
+        gate = asyncio.Semaphore(rule.concurrency)
+        queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=workers * 2)
         # (target, target repository) -> the tags this pass selected there
         chosen: dict[tuple[str, str], set[str]] = {}
         # what the source answered for each repository (what prune may act on)
@@ -149,13 +153,8 @@ class Syncer:
                     except SyncdError as e:
                         self.account.listing_failed(rule, result, f"{rule.source}/{repo}", e)
             finally:
-                for _ in range(CHECKS_PER_COPY * rule.concurrency):
+                for _ in range(workers):
                     await queue.put(None)
-
-        # ``concurrency`` images are copied at a time (the gate). Twice as many are checked
-        # at a time: a check is two HEADs and some bookkeeping, and while one worker does
-        # the bookkeeping the others keep the registry connections (max_concurrency) busy.
-        gate = asyncio.Semaphore(rule.concurrency)
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
@@ -166,7 +165,7 @@ class Syncer:
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(produce())
-            for _ in range(CHECKS_PER_COPY * rule.concurrency):
+            for _ in range(workers):
                 tg.create_task(work())
         if rule.prune is not None:
             self._take_prune(rule, result, await self.pruner.prune(rule, listings, dry_run=dry_run))
@@ -362,7 +361,7 @@ class Syncer:
         job: _Job,
         result: RulePassResult,
         dry_run: bool,
-        gate: asyncio.Semaphore | None = None,
+        gate: asyncio.Semaphore,
     ) -> None:
         source = Endpoint(self.pool.client(rule.source).with_retries(rule.retries), job.repository)
         specs = [
