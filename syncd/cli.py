@@ -7,7 +7,6 @@ Exit statuses (contract): 0 success; 1 some image failed or a registry error; 2 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -17,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from syncd import __version__
+from syncd import __version__, event_loop
 from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.errors import ConfigError, SyncdError
@@ -140,13 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not path:
         print("syncd: no config file: use -c FILE or set SYNCD_CONFIG", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        event_loop.loop_factory()  # an unknown SYNCD_EVENT_LOOP is a usage error, said at once
+    except ConfigError as e:
+        print(f"syncd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "run":
         from syncd.daemon.lifecycle import serve
         from syncd.metrics import Metrics
 
         metrics = Metrics()
         try:
-            status: int = asyncio.run(
+            status: int = event_loop.run(
                 serve(
                     path,
                     listen=args.listen,
@@ -180,15 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rules = [rule]
     try:
         if args.command == "plan":
-            return asyncio.run(_plan(config, rules, args.output))
+            return event_loop.run(_plan(config, rules, args.output))
         if args.command == "verify":
-            return asyncio.run(_verify(config, rules))
+            return event_loop.run(_verify(config, rules))
         if args.dry_run:
             if args.report:
                 print("syncd: once --dry-run writes no run report (drop --report)", file=sys.stderr)
                 return EXIT_CONFIG
-            return asyncio.run(_plan(config, rules, "text", summary=True))
-        return asyncio.run(_once(config, rules, args.listen, args.report))
+            return event_loop.run(_plan(config, rules, "text", summary=True))
+        return event_loop.run(_once(config, rules, args.listen, args.report))
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
         return 130

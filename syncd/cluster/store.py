@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
+from syncd import event_loop
 from syncd.cluster.etcd import EtcdSession, EtcdUnavailableError, closed_under_us
 from syncd.config.schema import ClusterConfig
 from syncd.metrics import Metrics
@@ -294,4 +295,4 @@ def stored_reports(config: ClusterConfig) -> dict[str, dict[str, Any]]:
         finally:
             await store._etcd.aclose()
 
-    return asyncio.run(read())
+    return event_loop.run(read())

@@ -28,6 +28,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from syncd import event_loop
 from syncd.config.load import load_config
 from syncd.config.schema import Config, RuleConfig
 from syncd.daemon.heap import HeapKeeper
@@ -276,7 +277,11 @@ class Daemon:
             logger.warning("webhooks disabled: no server.webhook_token in the config")
         logger.info(
             "syncd running",
-            extra={"listen": listen, "rules": [r.name for r in config.rules]},
+            extra={
+                "listen": listen,
+                "rules": [r.name for r in config.rules],
+                "event_loop": event_loop.name(),
+            },
         )
         replica = self._replica
         membership = asyncio.create_task(replica.run(), name="cluster") if replica else None

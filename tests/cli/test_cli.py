@@ -81,6 +81,26 @@ def test_once_syncs_and_prints_summary(seeded: Registry, target: Registry, tmp_p
     assert "summary: images synced=0 skipped=2 failed=0" in r.stdout
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_once_on_either_event_loop(
+    seeded: Registry, target: Registry, tmp_path: Path, loop: str
+) -> None:
+    cfg = write_config(tmp_path / "c.yaml", seeded, [target], repositories=["team-a/app"])
+    r = run("-c", str(cfg), "once", env={"SYNCD_EVENT_LOOP": loop})
+    assert r.returncode == 0, r.stderr
+    assert "images synced=3 skipped=0 failed=0" in r.stdout
+    assert tags(target.url, "team-a/app") == ["latest", "v1.0.0", "v1.1.0"]
+
+
+def test_an_unknown_event_loop_is_a_usage_error(seeded: Registry, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.yaml", seeded, [seeded], repositories=["team-a/app"])
+    for command in ("once", "run", "plan"):
+        r = run("-c", str(cfg), command, env={"SYNCD_EVENT_LOOP": "tokio"}, timeout=60)
+        assert r.returncode == 2, (command, r.stderr)
+        assert "SYNCD_EVENT_LOOP='tokio': expected one of uvloop, asyncio" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def test_a_second_once_makes_one_head_per_tag_per_registry(
     seeded: Registry, target: Registry, tmp_path: Path
 ) -> None:

@@ -104,6 +104,9 @@ def test_interval_sync_picks_up_a_new_tag(
     # The audit trail: one JSON event per image copy with the fields an auditor needs.
     copies = [e for e in d.logs() if e.get("event") == "image_copy"]
     assert {"rule", "source", "target", "digest", "bytes", "seconds", "result"} <= copies[0].keys()
+    # The start line says which event loop runs the daemon (uvloop unless told otherwise).
+    started = [e for e in d.logs() if e.get("message") == "syncd running"]
+    assert started and started[0]["event_loop"] == "uvloop", started
     assert d.stop() == 0
 
 
