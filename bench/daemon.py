@@ -6,11 +6,12 @@ then starts ``syncd run`` (``interval: 2s``, the default state store on, in a fi
 run's own) and measures, alternately, in the same minutes and against the same registries:
 
 * the **request floor** (``bench.run.request_floor``: a plain aiohttp client making the same
-  tag lists and manifest HEADs, 8 at a time per registry), while the daemon is stopped
-  (SIGSTOP) between two of its passes;
-* one **steady pass** of the daemon, let go (SIGCONT) right after: its next pass is due, so
-  it starts at once. Wall is the pass's own ``syncd_sync_duration_seconds``; CPU is the
-  daemon's ``/proc`` utime + stime across it.
+  tag lists and manifest HEADs, 8 at a time per registry, on asyncio's own loop), while the
+  daemon is stopped (SIGSTOP) between two of its passes;
+* one **steady pass** of the daemon, let go (SIGCONT) just before or just after the floor
+  (the order alternates from pair to pair, so that a drifting machine favours neither): its
+  next pass is due, so it starts at once. Wall is the pass's own
+  ``syncd_sync_duration_seconds``; CPU is the daemon's ``/proc`` utime + stime across it.
 
 The machine's own speed drifts by tens of per cent from minute to minute (see
 docs/benchmarks.md), so only pairs taken side by side are compared, and the report gives
@@ -177,8 +178,14 @@ def run(tags: int, pairs: int, recheck: str | None, workdir: Path) -> dict[str, 
         rows = []
         try:
             for i in range(pairs):
-                floor = _floor(src, tgt, repos)
-                steady = _pass(daemon, i + 2, regs)
+                # Floor first in even pairs, daemon first in odd ones: a machine that speeds
+                # up or slows down through the run then favours neither side of the ratio.
+                if i % 2 == 0:
+                    floor = _floor(src, tgt, repos)
+                    steady = _pass(daemon, i + 2, regs)
+                else:
+                    steady = _pass(daemon, i + 2, regs)
+                    floor = _floor(src, tgt, repos)
                 rows.append({"floor": floor, "daemon": steady})
                 print(f"  pair {i + 1}: floor {floor['wall']}s / {floor['cpu']} CPU-s, daemon "
                       f"{steady['wall']}s / {steady['cpu']} CPU-s, {steady['peak_rss_mb']} MB",
