@@ -20,7 +20,8 @@ each pair's ratio and their median. Registry CPU is each ``docker-registry`` pro
 Then the daemon is stopped (SIGTERM) and started again on the same store: its **first pass
 after the restart** and the steady pass after it are measured the same way, with requests
 counted from the registries' access logs. ``--recheck 10m`` sets ``target_recheck`` for
-both daemons.
+both daemons. ``--floor-loop uvloop`` runs the floor on uvloop too (syncd runs on uvloop
+unless ``SYNCD_EVENT_LOOP=asyncio`` is set for the bench, which the daemons inherit).
 
 Results: one JSON document on stdout and ``bench/out/daemon-<time>.json``.
 """
@@ -44,6 +45,7 @@ import yaml
 
 from bench import corpus as C
 from bench.run import _vm_hwm_kb, metric_value, proc_cpu, registry_cpu, request_floor, save_result
+from syncd.event_loop import loop_factory
 from tests.helpers.registry import Registry, RegistryFactory, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,10 +118,12 @@ def _regs_cpu(regs: list[Registry]) -> float:
     return sum(registry_cpu(r) for r in regs)
 
 
-def _floor(src: Registry, tgt: Registry, repos: list[str]) -> dict[str, Any]:
+def _floor(src: Registry, tgt: Registry, repos: list[str], loop: str) -> dict[str, Any]:
     regs = [src, tgt]
+    factory = loop_factory(loop)
     r0, g0, t0 = resource.getrusage(resource.RUSAGE_SELF), _regs_cpu(regs), time.perf_counter()
-    errors = asyncio.run(request_floor(src.url, [tgt.url], repos))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        errors = runner.run(request_floor(src.url, [tgt.url], repos))
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
@@ -147,7 +151,9 @@ def _pass(d: Daemon, k: int, regs: list[Registry]) -> dict[str, Any]:
     }
 
 
-def run(tags: int, pairs: int, recheck: str | None, workdir: Path) -> dict[str, Any]:
+def run(
+    tags: int, pairs: int, recheck: str | None, workdir: Path, floor_loop: str = "asyncio"
+) -> dict[str, Any]:
     many = C.build_many(tags)
     factory = RegistryFactory(workdir)
     try:
@@ -181,11 +187,11 @@ def run(tags: int, pairs: int, recheck: str | None, workdir: Path) -> dict[str, 
                 # Floor first in even pairs, daemon first in odd ones: a machine that speeds
                 # up or slows down through the run then favours neither side of the ratio.
                 if i % 2 == 0:
-                    floor = _floor(src, tgt, repos)
+                    floor = _floor(src, tgt, repos, floor_loop)
                     steady = _pass(daemon, i + 2, regs)
                 else:
                     steady = _pass(daemon, i + 2, regs)
-                    floor = _floor(src, tgt, repos)
+                    floor = _floor(src, tgt, repos, floor_loop)
                 rows.append({"floor": floor, "daemon": steady})
                 print(f"  pair {i + 1}: floor {floor['wall']}s / {floor['cpu']} CPU-s, daemon "
                       f"{steady['wall']}s / {steady['cpu']} CPU-s, {steady['peak_rss_mb']} MB",
@@ -212,6 +218,8 @@ def run(tags: int, pairs: int, recheck: str | None, workdir: Path) -> dict[str, 
         return {
             "tags": many.tag_count,
             "recheck": recheck,
+            "floor_loop": floor_loop,
+            "daemon_loop": os.environ.get("SYNCD_EVENT_LOOP") or "uvloop",
             "seed_seconds": round(seeded, 1),
             "pairs": rows,
             "wall_ratio_per_pair": [round(x, 3) for x in ratios],
@@ -233,9 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tags", type=int, default=5000)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--recheck", help="target_recheck for the daemons, e.g. 10m")
+    parser.add_argument(
+        "--floor-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the floor client's event loop (default asyncio's own: a plain client)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="syncd-bench-daemon-") as d:
-        result = run(args.tags, args.pairs, args.recheck, Path(d))
+        result = run(args.tags, args.pairs, args.recheck, Path(d), args.floor_loop)
     save_result("daemon", result)
     return 0
 

@@ -163,12 +163,14 @@ def test_daemon_bench_pairs_passes_with_the_floor_and_restarts(tmp_path: Path) -
     with the floor's requests, and a restart asks the same plus one ping per registry."""
     from bench.daemon import run
 
-    result = run(tags=60, pairs=1, recheck=None, workdir=tmp_path)
-    (pair,) = result["pairs"]
-    assert pair["floor"]["wall"] > 0 and pair["daemon"]["wall"] > 0
+    # Two pairs: the floor runs first in one and second in the other.
+    result = run(tags=60, pairs=2, recheck=None, workdir=tmp_path, floor_loop="uvloop")
+    assert (result["floor_loop"], result["daemon_loop"]) == ("uvloop", "uvloop")
     steady = {"tags_list": 5, "manifest_head": 60}
-    assert pair["daemon"]["source_requests"] == steady
-    assert pair["daemon"]["target_requests"] == {"manifest_head": 60}
+    for pair in result["pairs"]:
+        assert pair["floor"]["wall"] > 0 and pair["daemon"]["wall"] > 0
+        assert pair["daemon"]["source_requests"] == steady
+        assert pair["daemon"]["target_requests"] == {"manifest_head": 60}
     first = result["restart_first_pass"]
     assert first["source_requests"] == {**steady, "ping": 1}
     assert first["target_requests"] == {"manifest_head": 60, "ping": 1}
