@@ -5,8 +5,9 @@ Start-up, in order: load the config (invalid: log every problem, exit 2), listen
 registry sessions, then start the scheduler and the config watcher. ``/healthz`` answers as
 soon as the server listens; ``/readyz`` turns 200 when the first pass starts.
 
-Signals are captured here and nowhere else, and only set events: SIGHUP asks for a reload,
-SIGTERM or SIGINT for a graceful stop, and a second one of those forces the stop at once.
+Signals are captured here and nowhere else, and only set flags: SIGHUP asks for a reload,
+SIGTERM or SIGINT for a graceful stop (``/readyz`` and the webhooks answer 503 from then on),
+and a second one of those forces the stop at once.
 
 Graceful stop, in uvicorn's order: stop scheduling and answer the webhooks and ``/readyz``
 with 503; wait for the passes in flight, at most ``shutdown_timeout`` seconds; cancel what is
@@ -192,6 +193,7 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._watcher: ConfigWatcher | None = None
         self._replica: Replica | None = None
+        self._server: HttpServer | None = None
         # rule name -> the run report entry of its latest finished pass, for GET /status
         self._reports: dict[str, dict[str, Any]] = {}
         self._heap = HeapKeeper()
@@ -238,6 +240,7 @@ class Daemon:
         except OSError as e:
             logger.error("cannot listen on %s: %s", listen, e, extra={"result": "failure"})
             return EXIT_FAILURE
+        self._server = server
         try:
             with self._capture_signals():
                 try:
@@ -451,6 +454,11 @@ class Daemon:
             self._force.set()
             return
         self._stop_signal = sig.name
+        # Not ready from the moment the signal is handled, not from when the stop task next
+        # runs: the loop may serve a request in between (uvloop runs I/O callbacks before a
+        # woken task), and a probe sent right after SIGTERM must not be told "ready".
+        if self._server is not None:
+            self._server.stop_accepting()
         self._stop.set()
 
     def request_stop(self) -> None:
