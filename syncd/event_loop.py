@@ -3,8 +3,8 @@
 uvloop (libuv under asyncio's API, the loop aiohttp's documentation recommends) when it is
 installed, else asyncio's own. A steady pass is mostly small requests on kept-alive
 connections, where the loop's own work per request (socket writes, callbacks, timers) is a
-large share of the process's CPU: uvloop takes about an eighth off a steady pass's CPU
-(docs/benchmarks.md, "The daemon at 50,000 tags").
+large share of the process's CPU: uvloop takes an eighth (5,000 tags) to a quarter (50,000
+tags) off a steady pass's CPU (docs/benchmarks.md, "The daemon at 50,000 tags").
 
 ``SYNCD_EVENT_LOOP=asyncio`` keeps asyncio's loop (to rule the loop out when chasing a
 problem); ``uvloop`` insists on uvloop and fails if it is missing.
@@ -42,7 +42,7 @@ def loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEven
 
 
 def name() -> str:
-    """The loop the running process is on (for logs and ``/status``)."""
+    """The loop the running process is on (the daemon's start line says it)."""
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
