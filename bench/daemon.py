@@ -45,7 +45,7 @@ import yaml
 
 from bench import corpus as C
 from bench.run import _vm_hwm_kb, metric_value, proc_cpu, registry_cpu, request_floor, save_result
-from syncd.event_loop import loop_factory
+from syncd import event_loop
 from tests.helpers.registry import Registry, RegistryFactory, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,10 +120,8 @@ def _regs_cpu(regs: list[Registry]) -> float:
 
 def _floor(src: Registry, tgt: Registry, repos: list[str], loop: str) -> dict[str, Any]:
     regs = [src, tgt]
-    factory = loop_factory(loop)
     r0, g0, t0 = resource.getrusage(resource.RUSAGE_SELF), _regs_cpu(regs), time.perf_counter()
-    with asyncio.Runner(loop_factory=factory) as runner:
-        errors = runner.run(request_floor(src.url, [tgt.url], repos))
+    errors = event_loop.run(request_floor(src.url, [tgt.url], repos), loop)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
@@ -219,7 +217,8 @@ def run(
             "tags": many.tag_count,
             "recheck": recheck,
             "floor_loop": floor_loop,
-            "daemon_loop": os.environ.get("SYNCD_EVENT_LOOP") or "uvloop",
+            # what the daemons, which inherit this environment, chose
+            "daemon_loop": "asyncio" if event_loop.loop_factory() is None else "uvloop",
             "seed_seconds": round(seeded, 1),
             "pairs": rows,
             "wall_ratio_per_pair": [round(x, 3) for x in ratios],

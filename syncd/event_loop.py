@@ -46,10 +46,10 @@ def name() -> str:
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
-def run(main: Coroutine[Any, Any, _T]) -> _T:
-    """``asyncio.run`` on the chosen loop."""
+def run(main: Coroutine[Any, Any, _T], choice: str | None = None) -> _T:
+    """``asyncio.run`` on the chosen loop (``choice``, else ``SYNCD_EVENT_LOOP``)."""
     try:
-        factory = loop_factory()
+        factory = loop_factory(choice)
     except ConfigError:
         main.close()  # never awaited: no "coroutine was never awaited" warning
         raise

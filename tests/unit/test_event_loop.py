@@ -26,6 +26,8 @@ def test_asyncio_on_request(monkeypatch: pytest.MonkeyPatch, value: str) -> None
     monkeypatch.setenv(event_loop.ENV, value)
     assert event_loop.loop_factory() is None
     assert event_loop.run(_loop_module()) == "asyncio"
+    # A caller's own choice wins over the environment (bench.daemon's floor).
+    assert event_loop.run(_loop_module(), "uvloop") == "uvloop"
 
 
 def test_an_unknown_loop_is_a_usage_error_and_leaves_no_coroutine_behind(
